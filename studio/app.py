@@ -1,0 +1,43 @@
+"""Builds the studio's Blocks from one module per tab and launches it."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+def build_app(ctx) -> Any:
+    import gradio as gr
+
+    from studio import system_tab
+    from studio.header import render_header
+
+    with gr.Blocks(title="Inkframe Studio", analytics_enabled=False, fill_width=True) as demo:
+        header = gr.HTML(render_header(ctx.hardware.telemetry()), elem_id="ink-header-block")
+        with gr.Tabs(elem_id="ink-tabs"):
+            system = system_tab.build(ctx, header)
+        refresh, outputs = system["load"]
+        demo.load(refresh, outputs=outputs, show_progress="hidden", api_visibility="private")
+    demo.queue(default_concurrency_limit=4)
+    return demo
+
+
+def launch(ctx, *, host: str, port: int, share: bool, credentials: list[tuple[str, str]],
+           open_browser: bool, block: bool = True) -> Any:
+    from studio.theme import build_theme, load_css
+
+    demo = build_app(ctx)
+    paths = ctx.settings.paths
+    log.info("Inkframe Studio on http://%s:%d (data in %s)", host, port, paths.root)
+    demo.launch(
+        server_name=host, server_port=port, share=share, auth=credentials or None,
+        inbrowser=open_browser, prevent_thread_lock=not block, show_error=False,
+        theme=build_theme(), css=load_css(), footer_links=[],
+        # Only what the studio writes (outputs) is served; models, runs and everything
+        # outside the data dir stay private even to a logged-in user.
+        allowed_paths=[str(paths.outputs)],
+        blocked_paths=[str(paths.models), str(paths.runtime), str(paths.runs)],
+        auth_message="Inkframe Studio: log in with the credentials given to --auth.",
+    )
+    return demo

@@ -1,0 +1,190 @@
+"""The System tab: what the one HardwareManager sees, live, and the controls over its budget."""
+
+from __future__ import annotations
+
+from html import escape
+from typing import Any
+
+from engines.errors import StudioError
+from engines.progress import CancelToken
+from studio.queue import GPU_QUEUE
+from studio.widgets import fmt_bytes, gauge
+
+TIER_LABEL = {"device": "GPU", "host": "CPU RAM", "unloaded": "unloaded"}
+POOL_HEADERS = ["Model", "Where", "Placement", "Size", "Shared", "On device", "Last used"]
+
+
+def device_html(t) -> str:
+    b = t.budget
+    rows = [
+        ("Device", f"{t.device} ({t.device_type})"),
+        ("Precision", f"{t.precision} — {t.precision_reason}"),
+        ("Model budget", f"{fmt_bytes(b.models)} on the device ({b.source})"),
+        ("Hard cap", fmt_bytes(b.device_cap)),
+        ("Kept free", f"{fmt_bytes(b.floor)} for activations, {fmt_bytes(b.reserve)} for the system"),
+        ("Training share", fmt_bytes(b.reserved_by_training) if b.reserved_by_training else "none"),
+        ("Offload RAM", fmt_bytes(b.host)),
+        ("Job", t.busy or "idle"),
+    ]
+    body = "".join(f"<dt>{escape(k)}</dt><dd>{escape(v)}</dd>" for k, v in rows)
+    return f'<dl class="ink-device" id="ink-device">{body}</dl>'
+
+
+def gauges_html(t, pool_device: int, pool_host: int) -> str:
+    m = t.memory
+    parts = [
+        gauge("System RAM", m.ram_used, m.ram_total, f"this process: {fmt_bytes(m.process_rss)}"),
+        gauge("VRAM", m.vram_used, m.vram_total,
+              f"torch: {fmt_bytes(m.torch_allocated)} allocated, {fmt_bytes(m.torch_reserved)} reserved"
+              if m.vram_total else "no GPU in use"),
+        gauge("Model pool on device", pool_device, t.budget.models, "weights counted once when shared"),
+        gauge("Offloaded to RAM", pool_host, t.budget.host, "evicted models waiting for re-use"),
+    ]
+    if m.gpu_utilization is not None:
+        parts.append(gauge("GPU load", m.gpu_utilization, 100,
+                           f"{m.gpu_temperature} °C" if m.gpu_temperature is not None else ""))
+    return f'<div class="ink-gauges" id="ink-gauges">{"".join(parts)}</div>'
+
+
+def _ago(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.0f} s ago"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min ago"
+    return f"{seconds / 3600:.1f} h ago"
+
+
+def pool_rows(t) -> list[list[str]]:
+    return [[r.name, TIER_LABEL.get(r.tier, r.tier), r.placement, fmt_bytes(r.size_bytes),
+             fmt_bytes(r.shared_bytes) if r.shared_bytes else "–",
+             fmt_bytes(r.device_bytes) if r.device_bytes else "–",
+             "in use" if r.in_use else _ago(r.idle_seconds)] for r in t.models]
+
+
+def snapshot(ctx) -> dict[str, Any]:
+    """Everything the tab and header show, computed once per refresh."""
+    from studio.header import render_header
+
+    t = ctx.hardware.telemetry()
+    pool = ctx.hardware.pool
+    loaded = [r.name for r in t.models if r.tier != "unloaded"]
+    return {
+        "telemetry": t, "header": render_header(t), "device": device_html(t),
+        "gauges": gauges_html(t, pool.device_bytes(), pool.host_bytes()),
+        "pool": pool_rows(t), "loaded": loaded,
+        "events": "\n".join(reversed(ctx.hardware.events[-20:])) or "No model activity yet.",
+    }
+
+
+def build(ctx, header) -> dict[str, Any]:
+    """Lay out the tab inside the current Blocks; returns its components for wiring and tests."""
+    import gradio as gr
+
+    with gr.Tab("System", id="system", elem_id="tab-system"):
+        gr.Markdown("What the studio's hardware manager sees. Updates every two seconds.")
+        with gr.Row():
+            with gr.Column(scale=2):
+                device = gr.HTML(elem_id="system-device")
+            with gr.Column(scale=3):
+                gauges = gr.HTML(elem_id="system-gauges")
+        gr.Markdown("### Model pool")
+        pool = gr.Dataframe(headers=POOL_HEADERS, value=[], interactive=False, wrap=True,
+                            elem_id="system-pool")
+        with gr.Row():
+            model = gr.Dropdown(label="Model", choices=[], value=None, scale=3, elem_id="system-model")
+            to_ram = gr.Button("Move to RAM", scale=1)
+            unload = gr.Button("Unload", scale=1, variant="stop")
+            unload_all = gr.Button("Unload all", scale=1)
+        status = gr.Markdown(elem_id="system-status")
+        with gr.Row():
+            check = gr.Button("Check device speed", elem_id="system-check")
+            stop_check = gr.Button("Stop", size="sm", scale=0)
+            check_result = gr.Markdown(elem_id="system-check-result")
+        with gr.Accordion("Memory budget", open=False):
+            gr.Markdown("0 means automatic: the card's memory minus a reserve for the system and "
+                        "room for activations. Lower it if other programs need the GPU.")
+            with gr.Row():
+                vram = gr.Number(label="VRAM limit (GB)", value=ctx.settings.vram_limit_gb or 0, minimum=0)
+                ram = gr.Number(label="RAM limit for offloaded models (GB)",
+                                value=ctx.settings.ram_limit_gb or 0, minimum=0)
+                apply_budget = gr.Button("Apply budget", variant="primary")
+        with gr.Accordion("Folders", open=False):
+            gr.Dataframe(headers=["Folder", "Path"], interactive=False,
+                         value=[[k, str(v)] for k, v in ctx.settings.paths.all().items()])
+        with gr.Accordion("Activity and raw telemetry", open=False):
+            events = gr.Textbox(label="Recent model activity", lines=6, interactive=False)
+            raw = gr.JSON(label="Telemetry", elem_id="system-telemetry")
+            refresh = gr.Button("Refresh telemetry", size="sm")
+        timer = gr.Timer(2.0)
+
+    live = [header, device, gauges, pool, model, events]
+
+    def refresh_view(selected=None):
+        s = snapshot(ctx)
+        choice = selected if selected in s["loaded"] else (s["loaded"][0] if s["loaded"] else None)
+        return (s["header"], s["device"], s["gauges"], s["pool"],
+                gr.update(choices=s["loaded"], value=choice), s["events"])
+
+    def telemetry_json():
+        return ctx.hardware.telemetry().as_dict()
+
+    def act(action, name):
+        try:
+            if action == "all":
+                reports = ctx.hardware.unload_all()
+                message = f"Unloaded {len(reports)} model(s)."
+            elif not name:
+                message = "Pick a model first."
+            elif action == "ram":
+                ctx.hardware.pool.offload(name)
+                message = f"Moved **{name}** to CPU RAM."
+            else:
+                report = ctx.hardware.unload(name)
+                message = (f"Unloaded **{name}**, freed {fmt_bytes(report.freed_bytes)}."
+                           if report.released else
+                           f"Unloaded **{name}**, but part of it is still referenced by a running tab.")
+        except StudioError as error:
+            raise gr.Error(str(error)) from error
+        return (message, *refresh_view(None))
+
+    def apply(vram_gb, ram_gb):
+        try:
+            budget = ctx.hardware.set_limits(vram_gb or None, ram_gb or None)
+        except StudioError as error:
+            raise gr.Error(str(error)) from error
+        return (f"Budget applied: {fmt_bytes(budget.models)} for models ({budget.source}).",
+                *refresh_view(None))
+
+    def device_check(session, progress=gr.Progress()):
+        from engines.device_check import run_device_check
+
+        cancel = session["cancel"] = CancelToken()
+        for event in ctx.jobs.stream("device check", lambda on_step, c: run_device_check(
+                ctx.hardware, on_step, c), cancel):
+            if event.kind == "progress":
+                progress((event.step, event.total), desc=event.message)
+            elif event.kind == "result":
+                return event.result.summary()
+            elif event.kind == "cancelled":
+                return event.message
+            else:
+                raise gr.Error(event.error)
+
+    def stop(session):
+        if session.get("cancel") is not None:
+            session["cancel"].cancel()
+
+    # A fresh dict per browser session holds that session's cancel token; Stop skips the
+    # queue so it is not stuck behind the job it stops.
+    session = gr.State(dict)
+    check.click(device_check, inputs=session, outputs=check_result, api_name="device_check", **GPU_QUEUE)
+    stop_check.click(stop, inputs=session, queue=False, api_visibility="private")
+    timer.tick(refresh_view, inputs=[model], outputs=live, show_progress="hidden",
+               api_visibility="private", queue=False)
+    refresh.click(telemetry_json, outputs=raw, api_name="telemetry")
+    to_ram.click(lambda n: act("ram", n), inputs=model, outputs=[status, *live], api_name="offload_model")
+    unload.click(lambda n: act("one", n), inputs=model, outputs=[status, *live], api_name="unload_model")
+    unload_all.click(lambda: act("all", None), outputs=[status, *live], api_name="unload_all")
+    apply_budget.click(apply, inputs=[vram, ram], outputs=[status, *live], api_name="set_budget")
+    return {"load": (refresh_view, live), "device": device, "gauges": gauges, "pool": pool,
+            "model": model, "vram": vram, "ram": ram, "events": events, "raw": raw, "timer": timer}

@@ -1,0 +1,48 @@
+"""Small HTML renderers shared by the header and the System tab (escaped, no scripts)."""
+
+from __future__ import annotations
+
+from html import escape
+from typing import Optional
+
+GB = 2**30
+
+
+def fmt_bytes(value: Optional[float]) -> str:
+    if value is None:
+        return "–"
+    for unit, size in (("GB", 2**30), ("MB", 2**20), ("KB", 2**10)):
+        if abs(value) >= size:
+            return f"{value / size:.1f} {unit}" if unit != "GB" else f"{value / size:.2f} {unit}"
+    return f"{int(value)} B"
+
+
+def level_class(percent: Optional[float], warn: float = 80, alert: float = 92) -> str:
+    if percent is None:
+        return "ink-gauge--off"
+    if percent >= alert:
+        return "ink-gauge--alert"
+    if percent >= warn:
+        return "ink-gauge--warn"
+    return "ink-gauge--ok"
+
+
+def gauge(label: str, used: Optional[float], total: Optional[float], detail: str = "") -> str:
+    """A labelled bar; ``used``/``total`` in bytes. An absent total renders a muted 'not available'."""
+    if not total or used is None:
+        return (f'<div class="ink-gauge ink-gauge--off"><div class="ink-gauge__label">'
+                f'<span>{escape(label)}</span><span>not available</span></div>'
+                f'<div class="ink-gauge__track"></div>'
+                f'<div class="ink-gauge__detail">{escape(detail)}</div></div>')
+    percent = max(0.0, min(100.0, 100.0 * used / total))
+    return (
+        f'<div class="ink-gauge {level_class(percent)}" data-label="{escape(label)}" '
+        f'data-percent="{percent:.1f}"><div class="ink-gauge__label"><span>{escape(label)}</span>'
+        f'<span>{fmt_bytes(used)} / {fmt_bytes(total)} · {percent:.0f}%</span></div>'
+        f'<div class="ink-gauge__track"><div class="ink-gauge__fill" style="width:{percent:.1f}%"></div></div>'
+        f'<div class="ink-gauge__detail">{escape(detail)}</div></div>'
+    )
+
+
+def chip(text: str, kind: str = "") -> str:
+    return f'<span class="ink-chip {escape(kind)}">{escape(text)}</span>'
