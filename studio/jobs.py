@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional
 
@@ -46,8 +47,12 @@ class JobRunner:
         self.hardware = hardware
 
     def stream(self, job: str, call: EngineCall, cancel: Optional[CancelToken] = None,
-               *, timeout: Optional[float] = None) -> Iterator[JobEvent]:
-        """Run ``call(on_step, cancel)`` under the GPU lock; yield events until it ends."""
+               *, timeout: Optional[float] = None, uses_gpu: bool = True) -> Iterator[JobEvent]:
+        """Run ``call(on_step, cancel)`` (under the GPU lock if it ``uses_gpu``); yield events until it ends.
+
+        Work that never touches the GPU (collecting a dataset) passes ``uses_gpu=False`` so an
+        hour of downloading does not block generation.
+        """
         cancel = cancel or CancelToken()
         events: "queue.Queue[JobEvent]" = queue.Queue()
         latest_preview: list[Any] = [None]
@@ -61,7 +66,7 @@ class JobRunner:
 
         def work() -> None:
             try:
-                with self.hardware.gpu_job(job, timeout=timeout):
+                with self.hardware.gpu_job(job, timeout=timeout) if uses_gpu else nullcontext():
                     cancel.raise_if_cancelled()
                     result = call(on_step, cancel)
                 events.put(JobEvent("result", result=result))
@@ -92,9 +97,9 @@ class JobRunner:
                 return
 
     def run(self, job: str, call: EngineCall, cancel: Optional[CancelToken] = None,
-            on_event: Callable[[JobEvent], None] = lambda e: None) -> Any:
+            on_event: Callable[[JobEvent], None] = lambda e: None, *, uses_gpu: bool = True) -> Any:
         """Blocking form: returns the result or raises StudioError with the sentence."""
-        for event in self.stream(job, call, cancel):
+        for event in self.stream(job, call, cancel, uses_gpu=uses_gpu):
             on_event(event)
             if event.kind == "result":
                 return event.result

@@ -98,3 +98,10 @@ def test_tqdm_adapter_tracks_steps():
     with TqdmProgress(desc="test", disable=True) as bar:
         bar(3, 10, "three")
         assert (bar._bar.n, bar._bar.total) == (3, 10)
+
+
+def test_work_without_the_gpu_does_not_take_the_lock(runner):
+    with runner.hardware.gpu_job("a long generation"):
+        result = runner.run("collect dataset", lambda on_step, cancel: runner.hardware.busy,
+                            uses_gpu=False)
+    assert result == "a long generation"  # ran while the GPU job held the lock
