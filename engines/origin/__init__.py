@@ -1,0 +1,1 @@
+"""Origin: the studio's from-scratch, text-conditioned manga diffusion model and its trainer."""

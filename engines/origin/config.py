@@ -1,0 +1,141 @@
+"""Every size and weight of an Origin model and its training, as one JSON-serialisable config.
+
+A 6 GB card, a 12 GB card and the tests run the same code with different configs; a checkpoint
+carries its config so it can be rebuilt exactly.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from engines.errors import InvalidRequestError
+
+EXPERT_NAMES = (
+    "line_art", "color", "light", "anatomy", "scene", "camera", "story",
+    "structure", "precision", "memory", "safety", "editing", "quality", "style",
+)
+
+
+@dataclass
+class ModelConfig:
+    """The network: pixel-space UNet + text/vision conditioning + experts + GNN."""
+
+    resolution: int = 64  # training/sampling size in pixels, 64..512
+    in_channels: int = 3
+    base_channels: int = 64
+    channel_mult: tuple[int, ...] = (1, 2, 4)
+    num_res_blocks: int = 2
+    attention_levels: tuple[int, ...] = (1, 2)  # UNet levels with cross-attention
+    attention_heads: int = 4
+    dropout: float = 0.0
+    context_dim: int = 256  # width of the UNet's cross-attention context tokens
+    text_encoder: str = "sentence-transformers/paraphrase-multilingual-MiniLM-L12-v2"
+    text_dim: int = 384  # output width of the text encoder (hash fallback uses the same)
+    max_text_tokens: int = 32
+    vision_dim: int = 128  # width of each VisionEncoder embedding
+    expert_names: tuple[str, ...] = EXPERT_NAMES
+    expert_dim: int = 128
+    router_temperature: float = 1.0  # initial value; learnable
+    gnn_layers: int = 2
+    gnn_heads: int = 4
+    prediction_type: str = "epsilon"  # or "v_prediction"
+
+    @property
+    def num_experts(self) -> int:
+        return len(self.expert_names)
+
+
+@dataclass
+class LossConfig:
+    """Weights of each loss term; 0 switches a term off (it is still logged)."""
+
+    min_snr_gamma: float = 5.0  # Min-SNR weighting (Hang et al. 2023); 0 disables
+    line_art: float = 0.1
+    color: float = 0.05
+    anatomy: float = 0.02
+    perspective: float = 0.02
+    color_harmony: float = 0.01
+    expert_aux: float = 0.1  # the experts' auxiliary heads
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 100
+    batch_size: int = 8
+    gradient_accumulation: int = 1
+    learning_rate: float = 2e-4
+    weight_decay: float = 1e-2
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 500
+    grad_clip: float = 1.0
+    mixed_precision: str = "auto"  # auto, no, fp16, bf16
+    ema_decay: float = 0.999
+    caption_dropout: float = 0.1  # for classifier-free guidance
+    num_train_timesteps: int = 1000
+    checkpoint_every_epochs: int = 10
+    milestones: tuple[int, ...] = (50, 100, 150, 200, 250, 300)
+    keep_checkpoints: int = 20
+    sample_every_steps: int = 500
+    sample_prompts: tuple[str, ...] = ("manga girl, forest background", "a cat on a rooftop at night, ink")
+    seed: int = 0
+    num_workers: int = -1  # -1: from the CPU count
+    ram_cache_mb: int = 1024
+    disk_cache: bool = True
+
+
+@dataclass
+class OriginConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    version: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "OriginConfig":
+        def build(kind, values):
+            known = {f.name: f for f in fields(kind)}
+            unknown = set(values) - set(known)
+            if unknown:
+                raise InvalidRequestError(f"Unknown {kind.__name__} setting(s): {', '.join(sorted(unknown))}.")
+            out = {}
+            for name, value in values.items():
+                # JSON has no tuples; the dataclass defaults say which fields are tuples.
+                default = known[name].default
+                out[name] = tuple(value) if isinstance(value, list) else value
+                if isinstance(default, tuple) and not isinstance(out[name], tuple):
+                    out[name] = (out[name],)
+            return kind(**out)
+
+        return cls(
+            model=build(ModelConfig, data.get("model", {})),
+            loss=build(LossConfig, data.get("loss", {})),
+            train=build(TrainConfig, data.get("train", {})),
+            version=int(data.get("version", 1)),
+        )
+
+    def save(self, path: Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2), encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: Path) -> "OriginConfig":
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+        except (OSError, ValueError) as error:
+            raise InvalidRequestError(f"Cannot read the config {path}: {error}.") from error
+
+
+def tiny_config(resolution: int = 32) -> OriginConfig:
+    """The smallest real configuration, for tests and CPU smoke runs."""
+    return OriginConfig(
+        model=ModelConfig(resolution=resolution, base_channels=16, channel_mult=(1, 2), num_res_blocks=1,
+                          attention_levels=(1,), attention_heads=2, context_dim=32, text_dim=32,
+                          max_text_tokens=8, vision_dim=16, expert_dim=16, gnn_layers=1, gnn_heads=2),
+        train=TrainConfig(batch_size=4, warmup_steps=10, sample_every_steps=0, num_workers=0,
+                          checkpoint_every_epochs=1, ema_decay=0.9),
+    )
