@@ -10,12 +10,15 @@ log = logging.getLogger(__name__)
 def build_app(ctx) -> Any:
     import gradio as gr
 
-    from studio import system_tab
+    from studio import dataset_tab, system_tab
     from studio.header import render_header
 
     with gr.Blocks(title="Inkframe Studio", analytics_enabled=False, fill_width=True) as demo:
-        header = gr.HTML(render_header(ctx.hardware.telemetry()), elem_id="ink-header-block")
+        # The first readout arrives with the page's load event: probing the device imports
+        # torch (~1 s), which need not delay the first byte the browser sees.
+        header = gr.HTML(render_header(None), elem_id="ink-header-block")
         with gr.Tabs(elem_id="ink-tabs"):
+            dataset_tab.build(ctx)
             system = system_tab.build(ctx, header)
         refresh, outputs = system["load"]
         demo.load(refresh, outputs=outputs, show_progress="hidden", api_visibility="private")
