@@ -150,3 +150,26 @@ def prune(run_dir: Path, keep: int, protect_milestones: bool = True) -> list[Pat
     for info in doomed:
         shutil.rmtree(info.path, ignore_errors=True)
     return [c.path for c in doomed]
+
+
+def recover_interrupted(run_dir: Path) -> list[str]:
+    """Tidy what a killed writer left in ``checkpoints/``; returns what it did, for the log.
+
+    A kill between the two renames of a same-named replacement leaves the only complete copy
+    as ``.old-<name>-<pid>``: it is renamed back. Unfinished ``.tmp-*`` folders are deleted.
+    Call it only while no other process writes checkpoints to this run.
+    """
+    root = Path(run_dir) / "checkpoints"
+    done: list[str] = []
+    for folder in sorted(root.glob(".old-*")) if root.is_dir() else []:
+        name = folder.name[len(".old-"):].rsplit("-", 1)[0]
+        final = root / name
+        if not final.exists() and (folder / "meta.json").is_file():
+            os.replace(folder, final)
+            done.append(f"restored {name}")
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+    for folder in sorted(root.glob(".tmp-*")) if root.is_dir() else []:
+        shutil.rmtree(folder, ignore_errors=True)
+        done.append(f"removed the unfinished {folder.name}")
+    return done

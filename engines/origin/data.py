@@ -1,0 +1,209 @@
+"""The artist's dataset as training samples: images paired with captions, and the DataLoader around them.
+
+``ArtDataset`` keeps only paths in memory (a dataset of 50 000 images costs a few MB) and
+decodes on demand, through the ``TensorCache`` when one is given. A caption is the text file
+next to its image with the same stem (``panel_01.png`` + ``panel_01.txt``), the layout booru
+exports and the studio's collector write. One broken file must never stop a days-long run:
+files that cannot be opened are left out at index time with a warning, and a file that breaks
+later is replaced by the next good sample.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from engines.errors import InvalidRequestError
+from engines.origin.cache import TensorCache
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+# What PIL raises for a file it cannot decode (SyntaxError: some plugins' malformed headers; the
+# bomb error: a scan so large that decoding it would exhaust RAM).
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+# Part of every cache key: change it when the preprocessing below changes what it produces.
+PREPROCESS_VERSION = 1
+
+
+def read_caption(image_path: Path) -> str:
+    """The caption in ``<stem>.txt`` next to the image, "" when there is none."""
+    text_file = image_path.with_suffix(".txt")
+    if not text_file.is_file():
+        return ""
+    try:
+        return " ".join(text_file.read_text(encoding="utf-8", errors="replace").split())
+    except OSError as error:
+        log.warning("cannot read the caption %s (%s); training this image without one", text_file, error)
+        return ""
+
+
+def _is_readable_image(path: Path) -> bool:
+    """Cheap index-time check: the header parses and PIL's verify() finds no broken structure.
+
+    A full decode of every image here would cost as much as an epoch; truncated pixel data
+    that only a decode finds is handled in ``ArtDataset.__getitem__``.
+    """
+    try:
+        with Image.open(path) as image:
+            image.verify()
+        return True
+    except DECODE_ERRORS as error:  # UnidentifiedImageError is an OSError
+        log.warning("skipping %s: not a readable image (%s)", path, error)
+        return False
+
+
+def load_image_uint8(path: Path, resolution: int) -> torch.Tensor:
+    """Decode, flatten transparency onto white, resize the short side and centre-crop: uint8 [3, R, R]."""
+    import numpy as np
+    from PIL import ImageOps
+
+    with Image.open(path) as image:
+        if image.format == "JPEG":
+            # Let libjpeg decode at a reduced scale (DCT scaling) when the file is much larger than
+            # needed; keeping at least 2x the target leaves the final resize enough pixels to
+            # antialias, so quality is unchanged and a 2048 px JPEG decodes several times faster.
+            image.draft("RGB", (resolution * 2, resolution * 2))
+        image = ImageOps.exif_transpose(image)
+        if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+            # Manga pages and sprites with alpha sit on white paper, not on black.
+            rgba = image.convert("RGBA")
+            image = Image.new("RGB", rgba.size, (255, 255, 255))
+            image.paste(rgba, mask=rgba.getchannel("A"))
+        else:
+            image = image.convert("RGB")
+        image = ImageOps.fit(image, (resolution, resolution), method=Image.Resampling.LANCZOS,
+                             centering=(0.5, 0.5))
+        array = np.asarray(image, dtype=np.uint8)
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
+
+
+def to_model_range(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] -> float32 [-1, 1], the range the diffusion model is trained in."""
+    return pixels.to(torch.float32).div_(127.5).sub_(1.0)
+
+
+class ArtDataset(Dataset):
+    """Images under ``root`` (recursively) with their captions, as [-1, 1] tensors of ``resolution``."""
+
+    def __init__(self, root: Path, resolution: int, *, cache: Optional[TensorCache] = None) -> None:
+        root = Path(root).expanduser()
+        if not root.is_dir():
+            raise InvalidRequestError(f"The dataset folder {root} does not exist.")
+        if not 16 <= int(resolution) <= 2048:
+            raise InvalidRequestError(f"The training resolution must be between 16 and 2048 pixels, not {resolution}.")
+        self.root = root
+        self.resolution = int(resolution)
+        self.cache = cache
+        found = sorted(p for p in root.rglob("*")
+                       if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not p.name.startswith("."))
+        # Plain strings, not Path objects: smaller, and cheap to pickle into spawned workers.
+        self.paths: list[str] = [str(p) for p in found if _is_readable_image(p)]
+        self.skipped = len(found) - len(self.paths)
+        if not self.paths:
+            raise InvalidRequestError(
+                f"The dataset folder {root} has no readable images ({', '.join(IMAGE_SUFFIXES)})."
+            )
+        if self.skipped:
+            log.warning("%d of %d images in %s could not be read and are left out", self.skipped, len(found), root)
+        self._broken: set[int] = set()
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def cache_params(self) -> str:
+        return f"v{PREPROCESS_VERSION};res={self.resolution};fit=center;bg=white;dtype=uint8"
+
+    def _pixels(self, path: Path) -> tuple[torch.Tensor, str]:
+        if self.cache is None:
+            return load_image_uint8(path, self.resolution), "off"
+        return self.cache.lookup(path, self.cache_params, lambda: load_image_uint8(path, self.resolution))
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        # Try this sample, then the following ones: a file deleted or truncated during a
+        # days-long run costs one sample, not the run.
+        for offset in range(len(self.paths)):
+            i = (index + offset) % len(self.paths)
+            if i in self._broken:
+                continue
+            path = Path(self.paths[i])
+            try:
+                pixels, source = self._pixels(path)
+            except DECODE_ERRORS as error:
+                self._broken.add(i)
+                log.warning("skipping %s: it cannot be decoded (%s)", path, error)
+                continue
+            return {"image": to_model_range(pixels), "caption": read_caption(path), "path": str(path),
+                    "cache": source}
+        raise InvalidRequestError(f"None of the images in {self.root} can be decoded any more.")
+
+
+def default_num_workers() -> int:
+    """One worker per core the process may use, less one for the training loop, at most 8."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS and Windows
+        cores = os.cpu_count() or 1
+    return max(0, min(8, cores - 1))
+
+
+def seed_worker(worker_id: int) -> None:
+    """Per-worker RNG seeds and RAM cache share (module level so spawned workers can import it).
+
+    torch already seeds each worker from the loader's generator (base seed + worker id); Python's
+    and NumPy's generators are seeded from that, so augmentations repeat exactly run to run.
+    """
+    import numpy as np
+
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+    info = torch.utils.data.get_worker_info()
+    cache = getattr(info.dataset, "cache", None) if info is not None else None
+    if cache is not None:
+        cache.split_ram_budget(info.num_workers)
+
+
+def make_dataloader(dataset: Dataset, *, batch_size: int, shuffle: bool, num_workers: int, device_type: str,
+                    seed: int, drop_last: bool = False) -> DataLoader:
+    """A seeded DataLoader: same seed, same batches in the same order."""
+    if batch_size < 1:
+        raise InvalidRequestError(f"The batch size must be at least 1, not {batch_size}.")
+    workers = default_num_workers() if num_workers == -1 else int(num_workers)
+    if workers < 0:
+        raise InvalidRequestError(f"The number of data workers must be -1 (automatic) or 0 or more, not {num_workers}.")
+    generator = torch.Generator()
+    generator.manual_seed(int(seed))
+    options: dict[str, Any] = {}
+    if workers > 0:
+        # Persistent workers keep their RAM cache tier and skip re-spawning every epoch
+        # (spawn re-imports torch in each worker: seconds per epoch otherwise).
+        options.update(persistent_workers=True, prefetch_factor=2)
+        if sys.platform == "win32":
+            options["multiprocessing_context"] = "spawn"  # Windows has no fork
+    return DataLoader(
+        dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers, drop_last=drop_last,
+        # Pinned host memory lets the copy to the GPU run asynchronously (non_blocking=True).
+        pin_memory=device_type == "cuda", generator=generator, worker_init_fn=seed_worker, **options,
+    )
+
+
+def drop_captions(captions: list[str], rate: float, generator: torch.Generator) -> list[str]:
+    """Replace each caption by "" with probability ``rate``: the unconditional samples CFG needs.
+
+    Classifier-free guidance (Ho & Salimans 2022) contrasts the model's prediction with and
+    without the caption at sampling time; the model learns the "without" case from these.
+    """
+    if not 0.0 <= rate <= 1.0:
+        raise InvalidRequestError(f"The caption dropout rate must be between 0 and 1, not {rate}.")
+    draws = torch.rand(len(captions), generator=generator)
+    return ["" if draw < rate else caption for caption, draw in zip(captions, draws.tolist())]

@@ -1,0 +1,178 @@
+"""Captions to tokens: a frozen sentence-transformers model, or a SHA-256 embedding when none loads.
+
+``TextEncoder(model_ref, dim, max_tokens).encode(captions) -> (tokens [B, L, dim], mask [B, L])``
+
+- The real encoder is a sentence-transformers model (default in ``ModelConfig.text_encoder``:
+  paraphrase-multilingual-MiniLM-L12-v2, 50+ languages). Its *token* embeddings are used, not the
+  pooled sentence vector, so the UNet can attend to "girl" and "forest" separately. A hub id or
+  a path goes through the ``ModelStore`` when one is given, so the studio's offline rules and
+  models folder apply; without a store a local path is read directly and a hub id is looked up
+  in the Hugging Face cache (never downloaded when ``offline``).
+- Tokens are truncated or zero-padded to ``max_tokens``; the mask says which are real.
+- When the encoder's width differs from ``dim``, a fixed (seeded, not learned) random projection
+  maps it to ``dim``: random projections keep distances between embeddings (Johnson-Lindenstrauss),
+  and the model's own learned text projection does the adapting. Training stays reproducible
+  because the projection is the same on every machine.
+- When no model can be loaded (none given, none downloaded, offline, damaged), every word piece is
+  hashed with SHA-256 into a fixed vector: the same caption gives bit-identical tokens on every
+  machine and every run, so a model trained with the fallback still works when it is reloaded.
+  A warning says so once per process.
+- An empty (or blank) caption, which the trainer uses for classifier-free guidance, encodes to the
+  unconditional tokens: all zeros with an all-False mask, for both kinds of encoder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import threading
+import unicodedata
+from typing import TYPE_CHECKING, Optional
+
+import numpy as np
+import torch
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from engines.models import ModelStore
+
+log = logging.getLogger(__name__)
+
+# The warning is about the process (this Python has no usable text model), not about one encoder,
+# so it is remembered per process; the lock makes "once" hold when two jobs start together.
+_fallback_warned = threading.Event()
+_warn_lock = threading.Lock()
+
+# CJK characters are words on their own (no spaces in Japanese/Chinese captions); other scripts
+# split into runs of letters/digits; punctuation marks are tokens of their own.
+_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af"
+_WORD_PIECES = re.compile(rf"[{_CJK}]|[^\W{_CJK}]+|[^\w\s]")
+_PROJECTION_SEED = 20240611
+
+
+def _warn_fallback_once(reason: str) -> None:
+    with _warn_lock:
+        if _fallback_warned.is_set():
+            return
+        _fallback_warned.set()
+    log.warning("No text model could be loaded (%s): captions use the deterministic SHA-256 embedding, "
+                "which knows words but not their meaning; put a sentence-transformers model in the "
+                "models folder for better prompts.", reason)
+
+
+def word_pieces(caption: str) -> list[str]:
+    """The fallback's tokens: NFKC-normalised (full-width letters fold), lower-cased word pieces."""
+    return _WORD_PIECES.findall(unicodedata.normalize("NFKC", caption).lower())
+
+
+def hash_vector(piece: str, dim: int) -> np.ndarray:
+    """A unit-variance vector for one word piece, from SHA-256 in counter mode.
+
+    Only integer arithmetic and an exact int -> float conversion are involved, so the bits do
+    not depend on the machine, the BLAS or the torch version.
+    """
+    blocks, counter = [], 0
+    while len(blocks) * 16 < dim:  # 32 bytes = 16 uint16 values per block
+        blocks.append(hashlib.sha256(f"{counter}:{piece}".encode("utf-8")).digest())
+        counter += 1
+    values = np.frombuffer(b"".join(blocks), dtype="<u2")[:dim].astype(np.float64)
+    uniform = values / 65535.0 * 2.0 - 1.0  # [-1, 1]
+    return (uniform * np.sqrt(3.0)).astype(np.float32)  # variance of U(-1, 1) is 1/3
+
+
+class TextEncoder:
+    """Frozen caption encoder; see the module docstring for the rules."""
+
+    def __init__(self, model_ref: Optional[str], dim: int, max_tokens: int, *, device: str = "cpu",
+                 store: "Optional[ModelStore]" = None, offline: bool = False):
+        if dim < 1 or max_tokens < 1:
+            raise ValueError(f"dim and max_tokens must be positive, got dim={dim}, max_tokens={max_tokens}")
+        self.dim = dim
+        self.max_tokens = max_tokens
+        self.device = torch.device(device)
+        self.model = None
+        self.model_ref = model_ref
+        self.projection: Optional[Tensor] = None
+        self.fallback_reason: Optional[str] = None
+        if model_ref is None:
+            self.fallback_reason = "no text model was chosen"
+            log.info("Text encoder: deterministic SHA-256 embedding (no model chosen).")
+        else:
+            self._load(model_ref, store, offline)
+
+    @property
+    def is_fallback(self) -> bool:
+        return self.model is None
+
+    # 1. loading
+
+    def _load(self, model_ref: str, store: "Optional[ModelStore]", offline: bool) -> None:
+        try:
+            self.model = self._load_model(model_ref, store, offline)
+        except Exception as error:  # noqa: BLE001 - any failure to load means: use the fallback, say why
+            first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+            self.fallback_reason = f"{model_ref}: {first_line}"
+            _warn_fallback_once(self.fallback_reason)
+            return
+        self.model.eval()
+        self.model.requires_grad_(False)
+
+    def _load_model(self, model_ref: str, store: "Optional[ModelStore]", offline: bool):
+        from pathlib import Path
+
+        from sentence_transformers import SentenceTransformer
+
+        if store is not None:
+            return store.load_model(model_ref, SentenceTransformer, device=str(self.device))
+        path = Path(model_ref).expanduser()
+        if path.exists():
+            return SentenceTransformer(str(path), device=str(self.device), local_files_only=True)
+        return SentenceTransformer(model_ref, device=str(self.device), local_files_only=offline)
+
+    # 2. encoding
+
+    def encode(self, captions: list[str]) -> tuple[Tensor, Tensor]:
+        """``([B, max_tokens, dim] float32, [B, max_tokens] bool)`` on the encoder's device."""
+        if isinstance(captions, str):
+            raise TypeError("encode takes a list of captions, not one string")
+        tokens = torch.zeros(len(captions), self.max_tokens, self.dim, device=self.device)
+        mask = torch.zeros(len(captions), self.max_tokens, dtype=torch.bool, device=self.device)
+        real = [i for i, caption in enumerate(captions) if caption and caption.strip()]
+        if not real:
+            return tokens, mask
+        encoded = self._encode_model([captions[i] for i in real]) if self.model is not None \
+            else [self._encode_hash(captions[i]) for i in real]
+        for i, vectors in zip(real, encoded):
+            n = min(len(vectors), self.max_tokens)
+            tokens[i, :n] = vectors[:n]
+            mask[i, :n] = True
+        return tokens, mask
+
+    def _encode_hash(self, caption: str) -> Tensor:
+        pieces = word_pieces(caption)[: self.max_tokens]
+        if not pieces:
+            return torch.zeros(0, self.dim, device=self.device)
+        return torch.from_numpy(np.stack([hash_vector(p, self.dim) for p in pieces])).to(self.device)
+
+    def _encode_model(self, captions: list[str]) -> list[Tensor]:
+        with torch.no_grad():
+            out = self.model.encode(captions, output_value="token_embeddings", convert_to_tensor=False,
+                                    show_progress_bar=False, device=str(self.device))
+            # encode() runs under inference_mode; a clone outside it is an ordinary tensor that a
+            # trainable projection can use in autograd.
+            vectors = [t[: self.max_tokens].float().clone().to(self.device) for t in out]
+            if vectors and vectors[0].shape[-1] != self.dim:
+                projection = self._projection(vectors[0].shape[-1])
+                vectors = [v @ projection for v in vectors]
+        return vectors
+
+    def _projection(self, width: int) -> Tensor:
+        # Built on first use from the tokens' real width: a model's pooled-sentence width
+        # (get_embedding_dimension) can differ from its token width when it ends in a Dense layer.
+        if self.projection is None or self.projection.shape[0] != width:
+            # NumPy's legacy RandomState has a frozen stream (NEP 19): the same matrix with every
+            # NumPy version, so a checkpoint trained here reads its captions the same way anywhere.
+            matrix = np.random.RandomState(_PROJECTION_SEED).standard_normal((width, self.dim)) / width ** 0.5
+            self.projection = torch.from_numpy(matrix.astype(np.float32)).to(self.device)
+        return self.projection

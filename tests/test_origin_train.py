@@ -1,0 +1,432 @@
+"""The Origin trainer on tiny configs: exact resume, crash safety, recovery paths, logs, search, SR.
+
+Everything runs on the CPU with the real OriginModel, ArtDataset and losses at 16-32 px. Torch
+runs single-threaded here: on a small shared CPU, two processes each spinning two OpenMP threads
+make every step many times slower, and these models are too small to gain from threads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from engines.context import build_engine_context
+from engines.errors import InvalidRequestError
+from engines.origin import checkpoints
+from engines.origin.config import OriginConfig, tiny_config
+from engines.origin.lr_control import AdaptiveLRController, LRControlSettings
+from engines.origin.trainer import FaultInjection, TrainRequest, train
+from engines.settings import MachineSettings
+
+ROOT = Path(__file__).resolve().parent.parent
+SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def make_dataset(folder: Path, size: int = 32, count: int = 8) -> Path:
+    """Flat colours with a dark bar at a different place in each image, and a caption each."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        pixels = np.zeros((size, size, 3), np.uint8)
+        pixels[:, :] = [(i * 37) % 256, 255 - i * 25, 90 + i * 10]
+        x = (i * size) // (count + 2)
+        pixels[size // 4: 3 * size // 4, x: x + size // 4] = 20
+        Image.fromarray(pixels).save(folder / f"panel_{i}.png")
+        (folder / f"panel_{i}.txt").write_text(f"bar at position {i}, ink", encoding="utf-8")
+    return folder
+
+
+def small_config(resolution: int = 32, **train_fields) -> OriginConfig:
+    config = tiny_config(resolution)
+    # "" selects the deterministic hash text encoder directly: no model lookup in tests.
+    return replace(config, model=replace(config.model, text_encoder=""),
+                   train=replace(config.train, disk_cache=False, **train_fields))
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("origin-train")
+
+
+@pytest.fixture(scope="module")
+def dataset(workdir) -> Path:
+    return make_dataset(workdir / "data")
+
+
+@pytest.fixture(scope="module")
+def ctx(workdir):
+    return build_engine_context(MachineSettings(data_dir=workdir / "studio", cpu=True, offline=True))
+
+
+def weights(checkpoint: Path, name: str = "model.safetensors") -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(checkpoint / name))
+
+
+def assert_same_weights(a: dict, b: dict, atol: float = 1e-5) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.allclose(a[key], b[key], atol=atol, rtol=0), key
+
+
+def run_cli(*args: str, data_dir: Path) -> int:
+    """``app.py train ARGS`` in this process, as app.main runs it (its exit code for a StudioError)."""
+    import app
+    from engines.errors import StudioError
+    from engines.origin import train_cli
+
+    argv = ["train", *args, "--data-dir", str(data_dir), "--cpu", "--offline"]
+    parsed = app.build_parser().parse_args(argv)
+    try:
+        return train_cli.run(parsed, app.settings_from_args(parsed))
+    except StudioError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return error.exit_code
+
+
+# -- a straight run that several tests compare against ------------------------------------------------
+REFERENCE_STEPS = 4
+
+
+@pytest.fixture(scope="module")
+def reference_run(workdir, dataset, ctx):
+    """4 steps straight: batch 3 of 8 images, so epochs end on a short batch and resume lands mid-epoch."""
+    config = small_config(batch_size=3, warmup_steps=2, sample_every_steps=3)
+    return train(
+        TrainRequest(data=dataset, run=workdir / "straight", config=config, max_steps=REFERENCE_STEPS), ctx
+    )
+
+
+def test_resume_continues_exactly(workdir, dataset, ctx, reference_run):
+    config = reference_run.config
+    first = train(TrainRequest(data=dataset, run=workdir / "resumed", config=config, max_steps=2), ctx)
+    assert first.checkpoint.name == "step-000002"
+    second = train(
+        TrainRequest(data=dataset, run=workdir / "resumed", resume=True, max_steps=REFERENCE_STEPS), ctx
+    )
+    assert second.steps == REFERENCE_STEPS
+    assert first.losses + second.losses == pytest.approx(reference_run.losses, abs=1e-6)
+    for name in ("model.safetensors", "ema.safetensors"):
+        assert_same_weights(weights(reference_run.checkpoint, name), weights(second.checkpoint, name))
+    meta = json.loads((second.checkpoint / "meta.json").read_text())
+    assert meta["progress"]["batch_in_epoch"] == 1  # 4 steps = epoch 1 (3 batches) + 1 batch
+
+
+def test_dropout_randomness_is_restored_on_resume(workdir, dataset, ctx):
+    config = small_config(batch_size=4, warmup_steps=1)
+    config = replace(config, model=replace(config.model, dropout=0.2))
+    straight = train(
+        TrainRequest(data=dataset, run=workdir / "drop-straight", config=config, max_steps=3), ctx
+    )
+    train(TrainRequest(data=dataset, run=workdir / "drop-resumed", config=config, max_steps=1), ctx)
+    resumed = train(TrainRequest(data=dataset, run=workdir / "drop-resumed", resume=True, max_steps=3), ctx)
+    assert_same_weights(weights(straight.checkpoint), weights(resumed.checkpoint))
+
+
+def test_run_folder_has_metrics_logs_samples_and_checkpoints(reference_run):
+    run = reference_run.run
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == list(range(1, REFERENCE_STEPS + 1))
+    first = lines[0]
+    for key in ("epoch", "loss", "lr", "lr_scale", "grad_norm", "samples_per_s", "memory"):
+        assert key in first
+    assert set(first["losses"]) == {
+        "diffusion",
+        "line_art",
+        "color",
+        "anatomy",
+        "perspective",
+        "color_harmony",
+        "expert_aux",
+    }
+    experts = reference_run.config.model.expert_names
+    assert set(first["experts"]) == set(experts)
+    assert sum(e["routing"] for e in first["experts"].values()) == pytest.approx(1.0, abs=1e-4)
+    logs = run / "logs"
+    assert "training straight on 8 images" in (logs / "main.log").read_text()
+    assert "samples/s" in (logs / "performance.log").read_text()
+    assert (
+        "routing" in (logs / "diagnosis.log").read_text()
+        and "gradients" in (logs / "diagnosis.log").read_text()
+    )
+    assert (logs / "error.log").is_file()
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    assert sorted(p.name for p in (run / "samples").glob("*.png")) == [
+        "step-000003-0.png",
+        "step-000003-1.png",
+    ]
+    assert json.loads((run / "config.json").read_text())["train"]["batch_size"] == 3
+    config, state, info = checkpoints.load_for_inference(run)
+    assert info.step == REFERENCE_STEPS and config.model.resolution == 32 and state
+
+
+def test_nan_guard_skips_the_step(workdir, dataset, ctx, reference_run):
+    config = reference_run.config
+    result = train(TrainRequest(data=dataset, run=workdir / "nan", config=config, max_steps=2,
+                                faults=FaultInjection(nan_at_step=2)), ctx)
+    assert result.skipped_steps == 1
+    # The poisoned step changed nothing: the weights are those after step 1 of the straight run.
+    one = train(TrainRequest(data=dataset, run=workdir / "one-step", config=config, max_steps=1), ctx)
+    assert_same_weights(weights(one.checkpoint), weights(result.checkpoint), atol=0)
+    assert "not finite" in (result.run / "logs" / "error.log").read_text()
+    last = json.loads((result.run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["skipped"] is True and last["loss"] is None
+
+
+def test_out_of_memory_writes_an_emergency_checkpoint_and_halves_the_batch(workdir, dataset, ctx):
+    config = small_config(batch_size=4, warmup_steps=1)
+    straight = train(
+        TrainRequest(data=dataset, run=workdir / "oom-straight", config=config, max_steps=3), ctx
+    )
+    result = train(TrainRequest(data=dataset, run=workdir / "oom", config=config, max_steps=3,
+                                faults=FaultInjection(oom_at_step=2)), ctx)
+    assert result.oom_recoveries == 1 and result.micro_batch == 2 and result.steps == 3
+    emergency = [c for c in checkpoints.list_checkpoints(result.run) if c.kind == "emergency"]
+    assert [c.path.name for c in emergency] == ["emergency-000001"]
+    checkpoints.load_for_inference(emergency[0].path)
+    assert "out of memory" in (result.run / "logs" / "error.log").read_text()
+    # Two micro-batches of 2 are the same step as one batch of 4, up to float rounding.
+    assert_same_weights(weights(straight.checkpoint), weights(result.checkpoint), atol=1e-5)
+
+
+def test_checkpoints_every_epoch_pruned_but_milestones_kept(workdir, dataset, ctx):
+    config = small_config(
+        batch_size=8, epochs=5, checkpoint_every_epochs=1, keep_checkpoints=2, milestones=(2,)
+    )
+    train(TrainRequest(data=dataset, run=workdir / "prune", config=config), ctx)
+    names = [c.path.name for c in checkpoints.list_checkpoints(workdir / "prune")]
+    assert names == ["milestone-000002", "epoch-000004", "epoch-000005"]
+
+
+def test_lr_controller_lowers_on_plateau_and_raises_when_healthy():
+    settings = LRControlSettings(patience=2)
+    flat = AdaptiveLRController(window=5, warmup_steps=3, settings=settings)
+    changes = [flat.observe(step, 1.0) for step in range(1, 4 + 5 * 3)]
+    assert changes.count("lowered") == 1 and flat.scale == pytest.approx(0.5)
+
+    falling = AdaptiveLRController(window=5, settings=settings)
+    loss = 1.0
+    for step in range(1, 5 * 3 + 1):
+        falling.observe(step, loss)
+        loss *= 0.97  # ~14 % better per window
+    assert falling.scale == pytest.approx(1.1)
+
+    clipped = AdaptiveLRController(window=5, settings=settings)
+    loss = 1.0
+    for step in range(1, 5 * 3 + 1):
+        clipped.observe(step, loss, clipped=True)
+        loss *= 0.97
+    assert clipped.scale == 1.0  # healthy progress, but at the gradient limit: no raise
+
+    skipping = AdaptiveLRController(window=5, settings=settings)
+    assert [skipping.observe(s, float("nan"), skipped=True) for s in (1, 2, 3)] == ["", "", "lowered"]
+
+    restored = AdaptiveLRController()
+    restored.load_state_dict(falling.state_dict())
+    assert restored.state_dict() == falling.state_dict()
+
+
+def test_bad_requests_are_one_sentence(workdir, dataset, ctx, reference_run):
+    empty = workdir / "empty"
+    empty.mkdir(exist_ok=True)
+    cases = [
+        (TrainRequest(data=workdir / "missing", run=workdir / "r1"), "does not exist"),
+        (TrainRequest(data=empty, run=workdir / "r2"), "has no images"),
+        (TrainRequest(data=dataset, run=workdir / "r3", resume=True), "no finished checkpoint to resume"),
+        (TrainRequest(data=dataset, run=reference_run.run), "already has checkpoints"),
+        (TrainRequest(data=dataset, run=workdir / "r4", config=small_config(), resolution=30), "multiple of"),
+        (
+            TrainRequest(data=dataset, run=workdir / "r5", config=small_config(learning_rate=5.0)),
+            "learning rate",
+        ),
+    ]
+    for request, text in cases:
+        with pytest.raises(InvalidRequestError, match=text):
+            train(request, ctx)
+
+
+def test_cli_rejects_a_bad_dataset_and_a_bad_config(workdir, capsys):
+    bad_config = workdir / "bad.json"
+    bad_config.write_text('{"train": {"epochz": 3}}')
+    code = run_cli("--data", str(workdir / "nowhere"), "--run", str(workdir / "cli-bad"),
+                   data_dir=workdir / "s")
+    assert code == 2 and "does not exist" in capsys.readouterr().err
+    code = run_cli("--data", str(workdir), "--run", str(workdir / "cli-bad"), "--config", str(bad_config),
+                   data_dir=workdir / "s")
+    assert code == 2 and "Unknown TrainConfig setting(s): epochz" in capsys.readouterr().err
+    code = run_cli("--run", str(workdir / "cli-bad"), data_dir=workdir / "s")
+    assert code == 2 and "Give the dataset folder with --data DIR." in capsys.readouterr().err
+
+
+def test_kill_9_during_a_checkpoint_write_keeps_the_previous_one(workdir, dataset):
+    config_file = workdir / "kill.json"
+    small_config(batch_size=8, epochs=3).save(config_file)
+    run = workdir / "killed"
+    env = {**SUBPROCESS_ENV, "INKFRAME_TRAIN_FAULTS": json.dumps({"pause_in_checkpoint_s": 120,
+                                                                   "pause_from_checkpoint": 2})}
+    args = [sys.executable, str(ROOT / "app.py"), "train", "--data", str(dataset), "--run", str(run),
+            "--config", str(config_file), "--data-dir", str(workdir / "s"), "--cpu", "--offline"]
+    process = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 90
+        # The second checkpoint pauses after its weights are written and before meta.json.
+        while not list((run / "checkpoints").glob(".tmp-epoch-000002-*/ema.safetensors")):
+            assert process.poll() is None, "the training process ended before its second checkpoint"
+            assert time.monotonic() < deadline, "the second checkpoint never started"
+            time.sleep(0.2)
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    latest = checkpoints.find_latest(run)
+    assert latest.path.name == "epoch-000001"
+    config, state, _ = checkpoints.load_for_inference(run)
+    assert state and config.train.epochs == 3
+    # --data left out: the run remembers its dataset.
+    assert run_cli("--run", str(run), "--resume", data_dir=workdir / "s") == 0
+    assert [c.path.name for c in checkpoints.list_checkpoints(run)] == ["epoch-000001", "epoch-000002",
+                                                                        "epoch-000003"]
+    assert not list((run / "checkpoints").glob(".tmp-*"))
+    assert "removed the unfinished .tmp-epoch-000002" in (run / "logs" / "main.log").read_text()
+
+
+def test_two_process_accelerate_launch_trains_and_checkpoints(workdir, dataset):
+    config_file = workdir / "ddp.json"
+    small_config(batch_size=2, epochs=1).save(config_file)
+    run = workdir / "ddp"
+    # accelerate's --cpu launcher starts one process (several need mpirun); --multi_gpu starts them
+    # through torchrun, and on a machine without a GPU they talk over gloo on the CPU.
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        "29517",
+        str(ROOT / "app.py"),
+        "train",
+        "--data",
+        str(dataset),
+        "--run",
+        str(run),
+        "--config",
+        str(config_file),
+        "--data-dir",
+        str(workdir / "s"),
+        "--cpu",
+        "--offline",
+    ]
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=150, cwd=ROOT, env=SUBPROCESS_ENV
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    latest = checkpoints.find_latest(run)
+    assert latest.path.name == "epoch-000001" and latest.step == 2  # 8 images / (2 per batch x 2 processes)
+    assert latest.meta["processes"] == 2
+    state = latest.path / "training_state"
+    assert (state / "random_states_0.pkl").is_file() and (state / "random_states_1.pkl").is_file()
+    config, weights_, _ = checkpoints.load_for_inference(run)
+    from engines.origin.model import OriginModel
+
+    OriginModel(config.model).load_state_dict(weights_)  # the model's own names, not DDP's "module."
+
+
+def test_search_writes_the_best_config(workdir):
+    run = workdir / "search"
+    config_file = workdir / "search-base.json"
+    small_config(resolution=16).save(config_file)
+    data16 = make_dataset(workdir / "data16", size=16)
+    assert run_cli("--data", str(data16), "--run", str(run), "--config", str(config_file), "--search", "2",
+                   "--max-steps", "3", data_dir=workdir / "s") == 0
+    best = OriginConfig.load(run / "search" / "best_config.json")
+    trials = [json.loads(line) for line in (run / "search" / "trials.jsonl").read_text().splitlines()]
+    assert [t["kind"] for t in trials] == ["random", "around the best"]
+    winner = min(trials, key=lambda t: t["score"])
+    assert best.train.learning_rate == pytest.approx(winner["learning_rate"])
+    assert best.train.batch_size == winner["batch_size"] and best.model.dropout == pytest.approx(
+        winner["dropout"]
+    )
+    # A normal training config again, not a trial's (no endless epochs, checkpoints as in the base).
+    assert best.train.epochs == small_config().train.epochs and best.train.checkpoint_every_epochs == 1
+
+
+def test_sr_stage_writes_the_super_resolution_model(workdir, dataset, ctx):
+    from engines.origin.enhance import SuperResolution, find_sr_model
+    from engines.origin.sr_stage import SrRequest, train_sr
+
+    result = train_sr(
+        SrRequest(data=dataset, run=workdir / "sr-run", resolution=32, epochs=2, batch_size=4), ctx
+    )
+    assert result.steps == 4 and result.loss < 1.0
+    path = find_sr_model(workdir / "sr-run")
+    assert path == workdir / "sr-run" / "sr" / "sr.safetensors" and path.with_suffix(".json").is_file()
+    assert SuperResolution.load(path).scale == 2
+
+
+def test_tiny_model_overfits_eight_images(workdir, ctx):
+    data = make_dataset(workdir / "overfit-data", size=16)
+    config = small_config(
+        resolution=16,
+        batch_size=8,
+        learning_rate=1e-3,
+        warmup_steps=10,
+        caption_dropout=0.0,
+        epochs=1000,
+        checkpoint_every_epochs=10**6,
+        milestones=(),
+    )
+    result = train(TrainRequest(data=data, run=workdir / "overfit", config=config, max_steps=120,
+                                write_checkpoints=False), ctx)
+    first, last = result.losses[:25], result.losses[-25:]
+    assert sum(last) / len(last) < 0.3 * sum(first) / len(first)
+
+
+def test_stop_saves_a_checkpoint_to_resume_from(workdir, dataset, ctx):
+    from engines.errors import Cancelled
+    from engines.progress import CancelToken
+
+    cancel = CancelToken()
+
+    def on_step(step, total, message="", preview=None):
+        if step == 2:
+            cancel.cancel()  # the Stop button, pressed during step 2
+
+    with pytest.raises(Cancelled):
+        train(
+            TrainRequest(
+                data=dataset, run=workdir / "stopped", config=small_config(batch_size=4), max_steps=5
+            ),
+            ctx,
+            on_step=on_step,
+            cancel=cancel,
+        )
+    assert checkpoints.find_latest(workdir / "stopped").path.name == "step-000002"
