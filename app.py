@@ -24,9 +24,10 @@ from engines.settings import PRECISIONS, MachineSettings
 # and imports nothing heavy at module level, so `--help` stays instant.
 COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("studio.server", "start the studio in the browser (the default)"),
-    "doctor": ("engines.doctor", "show the device, memory, versions, folders and installed models"),
+    "collect": ("engines.dataset.cli", "collect a training dataset from image sites or a folder"),
     "train": ("engines.origin.train_cli", "train an Origin model on your dataset"),
     "generate": ("engines.origin.generate_cli", "generate a manga panel with an Origin model"),
+    "doctor": ("engines.doctor", "show the device, memory, versions, folders and installed models"),
 }
 
 

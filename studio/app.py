@@ -7,6 +7,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
+
 def build_app(ctx) -> Any:
     import gradio as gr
 
