@@ -258,11 +258,11 @@ class ModelStore:
         the models folder), so that diffusers never reaches for the network on its own.
         """
         source = self._local(ref)
-        if torch_dtype is not None:
-            kwargs["torch_dtype"] = torch_dtype
         if source.kind == "single_file":
             import diffusers
 
+            if torch_dtype is not None:
+                kwargs["torch_dtype"] = torch_dtype
             self._check_file(source.path)
             config = self._single_file_config(source.path, kwargs.pop("config", None))
             cls = pipeline_cls or diffusers.StableDiffusionPipeline
@@ -273,6 +273,9 @@ class ModelStore:
         import diffusers
 
         cls = pipeline_cls or diffusers.DiffusionPipeline
+        if torch_dtype is not None:
+            # diffusers 0.42 renamed from_pretrained's torch_dtype to dtype (single files not yet).
+            kwargs["dtype"] = torch_dtype
         with load_errors(ref, source.path):
             safe = self._check_folder(source.path)
             return cls.from_pretrained(

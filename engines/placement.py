@@ -128,8 +128,9 @@ class TorchMover:
         if sticky is not None:
             return sticky
         if plan.placement == Placement.WHOLE or not _is_pipeline(obj):
-            for module in components_of(obj).values():
-                module.to(self.device)
+            if self.device != "cpu":  # on a CPU-only machine both tiers are RAM: nothing moves
+                for module in components_of(obj).values():
+                    module.to(self.device)
         elif plan.placement == Placement.MODEL_OFFLOAD:
             obj.enable_model_cpu_offload(device=self.device)
         elif plan.placement == Placement.GROUP_OFFLOAD:
@@ -163,6 +164,8 @@ class TorchMover:
         if _is_pipeline(obj) and obj in self._sticky:
             if self._sticky[obj].placement == Placement.MODEL_OFFLOAD:
                 obj.maybe_free_model_hooks()  # pushes the component still on the GPU back to RAM
+            return
+        if self.device == "cpu":
             return
         for module in components_of(obj).values():
             if id(module) not in keep_ids:
