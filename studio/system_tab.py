@@ -7,6 +7,7 @@ from typing import Any
 
 from engines.errors import StudioError
 from engines.progress import CancelToken
+from studio.progress import GradioProgress
 from studio.queue import GPU_QUEUE
 from studio.widgets import fmt_bytes, gauge
 
@@ -159,10 +160,11 @@ def build(ctx, header) -> dict[str, Any]:
         from engines.device_check import run_device_check
 
         cancel = session["cancel"] = CancelToken()
+        bar = GradioProgress(progress)
         for event in ctx.jobs.stream("device check", lambda on_step, c: run_device_check(
                 ctx.hardware, on_step, c), cancel):
             if event.kind == "progress":
-                progress((event.step, event.total), desc=event.message)
+                bar(event.step, event.total, event.message)
             elif event.kind == "result":
                 return event.result.summary()
             elif event.kind == "cancelled":

@@ -105,3 +105,13 @@ def test_work_without_the_gpu_does_not_take_the_lock(runner):
         result = runner.run("collect dataset", lambda on_step, cancel: runner.hardware.busy,
                             uses_gpu=False)
     assert result == "a long generation"  # ran while the GPU job held the lock
+
+
+def test_gradio_progress_adapter_forwards_steps():
+    from studio.progress import GradioProgress
+
+    calls = []
+    bar = GradioProgress(lambda value, desc=None: calls.append((value, desc)))
+    bar(2, 8, "denoising")
+    bar(0, 0)
+    assert calls == [((2, 8), "denoising"), (None, None)]
