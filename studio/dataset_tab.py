@@ -225,11 +225,12 @@ def build(ctx) -> dict[str, Any]:
                     remove = gr.Button("Remove from dataset", variant="stop", size="sm", elem_id="dataset-remove")
                     refresh = gr.Button("Refresh", size="sm", elem_id="dataset-refresh")
                 stats = gr.Dataframe(headers=["", "Count"], value=[], interactive=False, elem_id="dataset-stats")
+        # Inside the Tab: a State created directly under gr.Tabs shows up as a phantom tab button.
+        session = gr.State(dict)
+        stems = gr.State(list)
+        selected = gr.State(None)
 
     names = list(widgets)
-    session = gr.State(dict)
-    stems = gr.State(list)
-    selected = gr.State(None)
 
     def view(out_dir: str):
         items, stem_list, rows = dataset_view(out_dir)

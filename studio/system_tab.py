@@ -117,6 +117,9 @@ def build(ctx, header) -> dict[str, Any]:
             raw = gr.JSON(label="Telemetry", elem_id="system-telemetry")
             refresh = gr.Button("Refresh telemetry", size="sm")
         timer = gr.Timer(2.0)
+        # A fresh dict per browser session holds that session's cancel token. Created inside the
+        # Tab: a State directly under gr.Tabs shows up as a phantom tab button.
+        session = gr.State(dict)
 
     live = [header, device, gauges, pool, model, events]
 
@@ -176,9 +179,7 @@ def build(ctx, header) -> dict[str, Any]:
         if session.get("cancel") is not None:
             session["cancel"].cancel()
 
-    # A fresh dict per browser session holds that session's cancel token; Stop skips the
-    # queue so it is not stuck behind the job it stops.
-    session = gr.State(dict)
+    # Stop skips the queue so it is not stuck behind the job it stops.
     check.click(device_check, inputs=session, outputs=check_result, api_name="device_check", **GPU_QUEUE)
     stop_check.click(stop, inputs=session, queue=False, api_visibility="private")
     timer.tick(refresh_view, inputs=[model], outputs=live, show_progress="hidden",

@@ -118,6 +118,8 @@ def test_browser_shows_the_device_readout(studio, tmp_path):
             page.get_by_role("tab", name="System").click()
             device = page.locator("#ink-device")
             device.wait_for(timeout=30_000)
+            tabs = page.get_by_role("tab").all_inner_texts()
+            assert "System" in tabs and len(tabs) == len(set(tabs)), tabs  # no phantom tab buttons
             assert "cpu" in device.inner_text().lower()
             readout = page.locator("#ink-readout")
             assert "RAM" in readout.inner_text()
