@@ -217,3 +217,16 @@ def test_caption_dropout_rate_is_seeded() -> None:
     assert set(drop_captions(captions[:50], 1.0, torch.Generator())) == {""}
     with pytest.raises(InvalidRequestError, match="between 0 and 1"):
         drop_captions(captions, 1.5, torch.Generator())
+
+
+def test_hidden_folders_are_not_training_data(tmp_path):
+    from PIL import Image
+
+    from engines.origin.data import ArtDataset
+
+    Image.new("RGB", (40, 40), (200, 30, 30)).save(tmp_path / "kept.png")
+    removed = tmp_path / ".inkframe" / "removed"
+    removed.mkdir(parents=True)
+    Image.new("RGB", (40, 40), (30, 30, 200)).save(removed / "weeded-out.png")
+    dataset = ArtDataset(tmp_path, 32)
+    assert [Path(p).name for p in dataset.paths] == ["kept.png"]

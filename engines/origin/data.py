@@ -103,8 +103,11 @@ class ArtDataset(Dataset):
         self.root = root
         self.resolution = int(resolution)
         self.cache = cache
+        # Hidden files and folders are the studio's own bookkeeping (the Dataset tab's
+        # .inkframe/ holds removed images and the manifest) or the OS's, never training data.
         found = sorted(p for p in root.rglob("*")
-                       if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not p.name.startswith("."))
+                       if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+                       and not any(part.startswith(".") for part in p.relative_to(root).parts))
         # Plain strings, not Path objects: smaller, and cheap to pickle into spawned workers.
         self.paths: list[str] = [str(p) for p in found if _is_readable_image(p)]
         self.skipped = len(found) - len(self.paths)
