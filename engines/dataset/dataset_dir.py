@@ -27,6 +27,7 @@ from typing import Any, Optional
 from engines.dataset.dedupe import DuplicateIndex
 from engines.dataset.http import write_error
 from engines.dataset.manifest import Manifest, ManifestRow
+from engines.files import atomic_write_bytes
 
 STATE_DIR = ".inkframe"
 SUMMARY_FILE = "dataset.json"
@@ -37,15 +38,9 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 
 def write_atomic(path: Path, data: bytes) -> None:
     """Temp file beside ``path``, fsync, rename: readers see the old file or the new one, never half."""
-    tmp = path.with_name(f".{path.name}.tmp")
     try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        atomic_write_bytes(path, data)
     except OSError as error:
-        tmp.unlink(missing_ok=True)
         raise write_error(error, path.parent) from error
 
 

@@ -20,11 +20,12 @@ import hashlib
 import logging
 import os
 import threading
-import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
+
+from engines.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -228,14 +229,12 @@ class TensorCache:
     def _write(file: Path, tensor: Any, source: Path, params: str) -> None:
         from safetensors.torch import save_file
 
-        tmp = file.with_name(f".{file.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
         try:
             file.parent.mkdir(parents=True, exist_ok=True)
-            save_file({"tensor": tensor.contiguous()}, str(tmp),
-                      metadata={"source": str(source), "params": params, "format": str(CACHE_FORMAT)})
-            # No fsync: a file lost in a power cut is recomputed, and syncing every sample would
-            # make the first epoch wait on the disk.
-            os.replace(tmp, file)
+            # Not durable: a file lost in a power cut is recomputed, and syncing every sample
+            # would make the first epoch wait on the disk.
+            atomic_write(file, lambda tmp: save_file(
+                {"tensor": tensor.contiguous()}, str(tmp),
+                metadata={"source": str(source), "params": params, "format": str(CACHE_FORMAT)}), durable=False)
         except OSError as error:  # a full or read-only disk: train on, just without the disk tier
             log.warning("tensor cache: cannot write %s (%s)", file, error)
-            tmp.unlink(missing_ok=True)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -29,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engines.errors import CorruptModelError, InvalidRequestError
+from engines.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +87,8 @@ class SuperResolution(nn.Module):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        _atomic(path, lambda tmp: save_file(state, str(tmp), metadata={"config": json.dumps(self.config)}))
-        _atomic(path.with_suffix(".json"),
+        atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata={"config": json.dumps(self.config)}))
+        atomic_write(path.with_suffix(".json"),
                 lambda tmp: tmp.write_text(json.dumps(self.config, indent=2), encoding="utf-8"))
 
     @classmethod
@@ -108,17 +108,6 @@ class SuperResolution(nn.Module):
         except (SafetensorError, OSError, ValueError, KeyError, RuntimeError) as error:
             raise CorruptModelError(f"The super-resolution model {path} is damaged ({error}); train it again.") from error
         return model.eval()
-
-
-def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def find_sr_model(run_dir: Path) -> Optional[Path]:

@@ -17,9 +17,10 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from pathlib import Path
 from typing import Any, Optional
+
+from engines.files import atomic_write_bytes
 
 LOG_NAMES = ("main", "performance", "error", "diagnosis")
 _FORMAT = "%(asctime)s %(levelname)s %(message)s"
@@ -65,9 +66,7 @@ def truncate_metrics(path: Path, after_step: int) -> int:
         else:
             dropped += 1
     if dropped:
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write_bytes(path, "".join(f"{line}\n" for line in kept).encode("utf-8"))
     return dropped
 
 

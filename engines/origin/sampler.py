@@ -24,6 +24,7 @@ from typing import Any, Optional, Union
 
 from engines import __version__
 from engines.errors import CorruptModelError, InvalidRequestError, OutOfMemoryError, StudioError, is_torch_oom
+from engines.files import atomic_write
 from engines.origin import checkpoints
 from engines.origin.config import OriginConfig
 from engines.origin.enhance import (UPSCALES, EnhanceSettings, SuperResolution, describe_upscaler, enhance,
@@ -225,14 +226,7 @@ def save_png(image: Any, path: Path, parameters: dict[str, Any]) -> None:
         info.add_text(key, value if isinstance(value, str) else json.dumps(value, ensure_ascii=False))
     info.add_text("parameters", json.dumps(parameters, ensure_ascii=False))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        image.save(tmp, format="PNG", pnginfo=info)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(path, lambda tmp: image.save(tmp, format="PNG", pnginfo=info))
 
 
 def read_png_parameters(path: Path) -> dict[str, Any]:

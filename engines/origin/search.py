@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from engines.errors import InvalidRequestError
+from engines.files import atomic_write
 from engines.origin.config import OriginConfig
 from engines.progress import CancelToken, OnStep, no_progress
 
@@ -218,9 +219,7 @@ def run_search(request: Any, trials: int, ctx: Any, *, on_step: OnStep = no_prog
     )
     path = folder / "best_config.json"
     if main:
-        tmp = folder / ".best_config.json.tmp"
-        best_config.save(tmp)
-        tmp.replace(path)
+        atomic_write(path, best_config.save)
     PartialState().wait_for_everyone()
     return SearchResult(best, done, best_config, path)
 

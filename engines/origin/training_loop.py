@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from engines.errors import Cancelled
+from engines.files import atomic_write
 from engines.origin import checkpoints
 from engines.origin.config import OriginConfig
 from engines.origin.trainer import (ACTIVATION_BYTES_PER_CHANNEL_AT_64, MAX_SKIPS_IN_A_ROW,
@@ -108,12 +109,7 @@ class Trainer:
         self.accelerator.wait_for_everyone()
 
     def _write_config(self) -> None:
-        import os
-
-        path = self.run_dir / "config.json"
-        tmp = path.with_name(".config.json.tmp")
-        self.config.save(tmp)
-        os.replace(tmp, path)
+        atomic_write(self.run_dir / "config.json", self.config.save)
 
     # 2. the data -----------------------------------------------------------------------------------
     def _setup_data(self) -> None:
