@@ -29,12 +29,11 @@ from torch import nn
 
 from engines.errors import CorruptModelError, InvalidRequestError
 from engines.files import atomic_write
+from engines.origin.losses import luminance
 
 log = logging.getLogger(__name__)
 
 UPSCALES = (1, 2, 4)
-# Luma weights of ITU-R BT.601, the usual choice for "how bright does this colour look".
-_LUMA = (0.299, 0.587, 0.114)
 
 
 # -- the super-resolution network -------------------------------------------------------------
@@ -200,16 +199,15 @@ def adjust_colour(x: torch.Tensor, *, vibrancy: float, saturation: float, contra
                   brightness: float) -> torch.Tensor:
     """Vibrancy, then saturation, contrast and brightness (1.0 = unchanged), in [0, 1] RGB."""
     rgb = (x + 1) / 2
-    luma_weights = torch.tensor(_LUMA, dtype=rgb.dtype, device=rgb.device).view(1, 3, 1, 1)
     if vibrancy:
-        luma = (rgb * luma_weights).sum(1, keepdim=True)
+        luma = luminance(rgb)
         chroma = rgb.amax(1, keepdim=True) - rgb.amin(1, keepdim=True)  # 0 grey .. 1 pure colour
         rgb = luma + (rgb - luma) * (1 + vibrancy * (1 - chroma))
     if saturation != 1.0:
-        luma = (rgb * luma_weights).sum(1, keepdim=True)
+        luma = luminance(rgb)
         rgb = luma + (rgb - luma) * saturation
     if contrast != 1.0:
-        mean = (rgb * luma_weights).sum(1, keepdim=True).mean(dim=(2, 3), keepdim=True)
+        mean = luminance(rgb).mean(dim=(2, 3), keepdim=True)
         rgb = mean + (rgb - mean) * contrast
     rgb = rgb * brightness
     return (rgb.clamp(0, 1) * 2 - 1)
