@@ -19,7 +19,8 @@ from typing import Any, Callable, Iterator, Optional, TypeVar
 from engines.devices import DeviceChoice, PrecisionChoice, select_device, select_precision, torch_dtype
 from engines.errors import OutOfMemoryError, is_torch_oom
 from engines.gpu_lock import GpuLock, Reservations
-from engines.placement import MemoryPolicy, TorchMover, decode_with_tiled_retry, plan_placement
+from engines.placement import (MemoryPolicy, TorchMover, decode_with_tiled_retry, empty_device_cache,
+                               plan_placement)
 from engines.pool import DEVICE, HOST, ModelPool, PoolRecord, UnloadReport
 from engines.settings import MachineSettings
 from engines.telemetry import MemoryProbe, MemoryReading
@@ -219,7 +220,7 @@ class HardwareManager:
 
     def free_cached_memory(self) -> None:
         gc.collect()
-        TorchMover(self.device.torch_device).empty_cache()
+        empty_device_cache(self.device.torch_device)
 
     # -- the GPU lock --------------------------------------------------------------------
     @contextmanager

@@ -95,35 +95,25 @@ class ModelPool:
         self._lock = threading.RLock()
 
     # -- accounting -----------------------------------------------------------------------
-    def _unique(self, tiers: tuple[str, ...], footprint: bool = False) -> int:
-        seen: dict[int, int] = {}
-        for entry in self._entries.values():
-            if entry.tier not in tiers:
-                continue
-            if footprint and entry.tier == DEVICE and entry.plan and entry.plan.placement != Placement.WHOLE:
-                seen[-id(entry)] = entry.device_footprint
-                continue
-            for cname, mid in entry.module_ids.items():
-                seen[mid] = entry.sizes[cname]
-        return sum(seen.values())
+    def _whole_on_device(self, exclude: Optional[PoolEntry] = None) -> set[int]:
+        """Ids of the modules that sit on the device because a whole-placed entry holds them."""
+        return {mid for e in self._entries.values()
+                if e.tier == DEVICE and e is not exclude and (e.plan is None or e.plan.placement == Placement.WHOLE)
+                for mid in e.module_ids.values()}
 
     def device_bytes(self) -> int:
+        """Whole-placed weights counted once, plus each offloaded entry's resident footprint."""
         with self._lock:
-            return self._unique((DEVICE,), footprint=True)
+            offloaded = sum(e.device_footprint for e in self._entries.values()
+                            if e.tier == DEVICE and e.plan and e.plan.placement != Placement.WHOLE)
+            return sum(self._sizes[mid] for mid in self._whole_on_device()) + offloaded
 
     def host_bytes(self) -> int:
-        """Bytes held in CPU RAM by host-tier entries (not also on the device)."""
+        """Bytes held in CPU RAM by loaded entries and not also on the device."""
         with self._lock:
-            on_device = {mid for e in self._entries.values() if e.tier == DEVICE
-                         and (e.plan is None or e.plan.placement == Placement.WHOLE)
-                         for mid in e.module_ids.values()}
-            seen: dict[int, int] = {}
-            for e in self._entries.values():
-                if e.tier in (HOST, DEVICE):
-                    for cname, mid in e.module_ids.items():
-                        if mid not in on_device:
-                            seen[mid] = e.sizes[cname]
-            return sum(seen.values())
+            held = {mid for e in self._entries.values() if e.tier in (HOST, DEVICE)
+                    for mid in e.module_ids.values()}
+            return sum(self._sizes[mid] for mid in held - self._whole_on_device())
 
     def _users(self, mid: int, tiers: tuple[str, ...], exclude: PoolEntry | None = None) -> list[PoolEntry]:
         return [e for e in self._entries.values()
@@ -210,10 +200,8 @@ class ModelPool:
     def _needed_on_device(self, entry: PoolEntry, plan: PlacementPlan) -> int:
         if plan.placement != Placement.WHOLE:
             return plan.device_bytes
-        resident = {mid for e in self._entries.values() if e.tier == DEVICE and e is not entry
-                    and (e.plan is None or e.plan.placement == Placement.WHOLE)
-                    for mid in e.module_ids.values()}
-        return sum(entry.sizes[c] for c, mid in entry.module_ids.items() if mid not in resident)
+        missing = set(entry.module_ids.values()) - self._whole_on_device(exclude=entry)
+        return sum(self._sizes[mid] for mid in missing)
 
     def _lru(self, tier: str, protect: Optional[PoolEntry] = None) -> list[PoolEntry]:
         candidates = [e for e in self._entries.values()
