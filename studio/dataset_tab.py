@@ -153,6 +153,19 @@ def dataset_view(out_dir: str) -> tuple[list, list[str], list[list[Any]]]:
 # --- layout and wiring ---------------------------------------------------------------------------
 
 
+def _number_row(prefix: str, settings: Any, labels: dict[str, str]) -> dict[str, Any]:
+    """One number box per field of a settings dataclass, in a row, keyed ``prefix.field``."""
+    import gradio as gr
+
+    boxes = {}
+    with gr.Row():
+        for f in fields(settings):
+            boxes[f"{prefix}.{f.name}"] = gr.Number(
+                label=labels[f.name], value=getattr(settings, f.name), minimum=0,
+                precision=0 if f.name in INT_FIELDS else None, min_width=160)
+    return boxes
+
+
 def build(ctx) -> dict[str, Any]:
     """Lay out the tab inside the current Blocks; returns its components and handlers for wiring and tests."""
     import gradio as gr
@@ -194,11 +207,7 @@ def build(ctx) -> dict[str, Any]:
                                         placeholder=_placeholder(name, field), min_width=160,
                                         elem_id=f"dataset-{name}-{field}")
                 with gr.Accordion("Quality filters", open=False):
-                    with gr.Row():
-                        for f in fields(QualityThresholds):
-                            widgets[f"thresholds.{f.name}"] = gr.Number(
-                                label=THRESHOLD_LABELS[f.name], value=getattr(t, f.name), minimum=0,
-                                precision=0 if f.name in INT_FIELDS else None, min_width=160)
+                    widgets.update(_number_row("thresholds", t, THRESHOLD_LABELS))
                 with gr.Accordion("Captions and site rules", open=False):
                     widgets["caption_template"] = gr.Textbox(
                         label="Caption template", value="{tags}",
@@ -208,11 +217,7 @@ def build(ctx) -> dict[str, Any]:
                                                          value=None, precision=0)
                         widgets["posted_since"] = gr.Textbox(label="Posted since (YYYY-MM-DD, empty: site default)")
                 with gr.Accordion("Network", open=False):
-                    with gr.Row():
-                        for f in fields(NetworkSettings):
-                            widgets[f"network.{f.name}"] = gr.Number(
-                                label=NETWORK_LABELS[f.name], value=getattr(n, f.name), minimum=0,
-                                precision=0 if f.name in INT_FIELDS else None, min_width=160)
+                    widgets.update(_number_row("network", n, NETWORK_LABELS))
             with gr.Column(scale=3):
                 with gr.Row():
                     start = gr.Button("Collect", variant="primary", elem_id="dataset-start")
