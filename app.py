@@ -25,8 +25,8 @@ from engines.settings import PRECISIONS, MachineSettings
 COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("studio.server", "start the studio in the browser (the default)"),
     "collect": ("engines.dataset.cli", "collect a training dataset from image sites or a folder"),
-    "train": ("engines.origin.train_cli", "train an Origin model on your dataset"),
-    "generate": ("engines.origin.generate_cli", "generate a manga panel with an Origin model"),
+    "train": ("engines.origin.training.cli", "train an Origin model on your dataset"),
+    "generate": ("engines.origin.generation.cli", "generate a manga panel with an Origin model"),
     "doctor": ("engines.doctor", "show the device, memory, versions, folders and installed models"),
 }
 

@@ -73,7 +73,7 @@ def make_images(folder: Path, count: int, size: int = 512) -> None:
 
 def run_epoch(loader) -> tuple[float, dict, list]:
     """Seconds for one pass over the loader, where its samples came from, and the images by path."""
-    from engines.origin.cache import CacheTally
+    from engines.origin.training.cache import CacheTally
 
     tally, images = CacheTally(), {}
     start = time.perf_counter()
@@ -88,8 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import torch
 
-    from engines.origin.cache import TensorCache
-    from engines.origin.data import ArtDataset, make_dataloader
+    from engines.origin.training.cache import TensorCache
+    from engines.origin.training.data import ArtDataset, make_dataloader
 
     def loader_for(dataset):
         return make_dataloader(dataset, batch_size=16, shuffle=True, num_workers=args.workers, device_type="cpu",

@@ -59,7 +59,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def origin_config(args: argparse.Namespace):
-    from engines.origin.config import OriginConfig, tiny_config
+    from engines.origin.model.config import OriginConfig, tiny_config
 
     config = tiny_config(args.resolution) if args.config == "tiny" else OriginConfig()
     return replace(config, model=replace(config.model, resolution=args.resolution))
@@ -99,9 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch.nn.functional as F
     from diffusers import DDPMScheduler, UNet2DConditionModel
 
-    from engines.origin.losses import (ArtLosses, add_noise_target, art_loss_weights, diffusion_loss,
+    from engines.origin.training.losses import (ArtLosses, add_noise_target, art_loss_weights, diffusion_loss,
                                        predicted_clean)
-    from engines.origin.model import OriginModel
+    from engines.origin.model.network import OriginModel
 
     if args.threads:
         torch.set_num_threads(args.threads)

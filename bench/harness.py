@@ -91,7 +91,7 @@ def quiet_libraries() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    # engines/models.py still passes diffusers' deprecated ``torch_dtype`` (reported, not ours to fix).
+    # engines/models/store.py still passes diffusers' deprecated ``torch_dtype`` (reported, not ours to fix).
     warnings.filterwarnings("ignore", message="`torch_dtype` is deprecated", category=FutureWarning)
     import diffusers
     import transformers
@@ -220,14 +220,14 @@ def add_disk_arguments(parser: argparse.ArgumentParser) -> None:
 
 def studio_dtype(args: argparse.Namespace) -> Any:
     """The inference dtype the studio's rules pick for this device and --precision (fp16 on most GPUs)."""
-    from engines.devices import select_device, select_precision, torch_dtype
+    from engines.hardware.devices import select_device, select_precision, torch_dtype
 
     device = select_device(force_cpu=args.device != "cuda")
     return torch_dtype(select_precision(device, args.precision).inference)
 
 
 def pipeline_bytes(pipe: Any) -> int:
-    from engines.placement import components_of, module_bytes
+    from engines.hardware.placement import components_of, module_bytes
 
     return sum(module_bytes(m) for m in components_of(pipe).values())
 
@@ -277,7 +277,7 @@ def touch_weights(pipe: Any) -> None:
     """
     import torch
 
-    from engines.placement import components_of
+    from engines.hardware.placement import components_of
 
     with torch.no_grad():
         for module in components_of(pipe).values():

@@ -160,7 +160,7 @@ def build(ctx, header) -> dict[str, Any]:
                 *refresh_view(None))
 
     def device_check(session, progress=gr.Progress()):
-        from engines.device_check import run_device_check
+        from engines.hardware.speed_check import run_device_check
 
         cancel = session["cancel"] = CancelToken()
         bar = GradioProgress(progress)

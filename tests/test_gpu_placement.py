@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from engines.hardware import HardwareManager
-from engines.placement import MemoryPolicy, Placement
+from engines.hardware.placement import MemoryPolicy, Placement
 from engines.settings import MachineSettings
 from tiny_models import run_tiny_pipeline
 

@@ -11,13 +11,13 @@ import time
 import pytest
 import torch
 
-from engines.devices import DeviceChoice, GpuFacts, select_precision
+from engines.hardware.devices import DeviceChoice, GpuFacts, select_precision
 from engines.errors import OutOfMemoryError, is_torch_oom
-from engines.gpu_lock import GpuBusyError
+from engines.hardware.gpu_lock import GpuBusyError
 from engines.hardware import HardwareManager
-from engines.placement import MemoryPolicy, Placement, decode_with_tiled_retry, plan_placement
+from engines.hardware.placement import MemoryPolicy, Placement, decode_with_tiled_retry, plan_placement
 from engines.settings import MachineSettings
-from engines.telemetry import MemoryReading
+from engines.hardware.telemetry import MemoryReading
 
 GB = 2**30
 MB = 2**20

@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 
 from engines.errors import InvalidRequestError
-from engines.origin.cache import CacheTally, TensorCache
-from engines.origin.data import (IMAGE_SUFFIXES, ArtDataset, default_num_workers, drop_captions, load_image_uint8,
+from engines.origin.training.cache import CacheTally, TensorCache
+from engines.origin.training.data import (IMAGE_SUFFIXES, ArtDataset, default_num_workers, drop_captions, load_image_uint8,
                                  make_dataloader)
 
 RES = 16
@@ -68,7 +68,7 @@ def test_broken_images_are_skipped_with_a_warning(folder: Path, caplog: pytest.L
     jpeg = write_image(folder / "zz_truncated.jpg", seed=21, size=(64, 64))
     data = jpeg.read_bytes()
     jpeg.write_bytes(data[: len(data) // 2])  # header fine, pixel data cut: found only on decode
-    with caplog.at_level(logging.WARNING, logger="engines.origin.data"):
+    with caplog.at_level(logging.WARNING, logger="engines.origin.training.data"):
         dataset = ArtDataset(folder, RES)
         names = [Path(p).name for p in dataset.paths]
         assert "garbage.png" not in names and "truncated_png.png" not in names
@@ -222,7 +222,7 @@ def test_caption_dropout_rate_is_seeded() -> None:
 def test_hidden_folders_are_not_training_data(tmp_path):
     from PIL import Image
 
-    from engines.origin.data import ArtDataset
+    from engines.origin.training.data import ArtDataset
 
     Image.new("RGB", (40, 40), (200, 30, 30)).save(tmp_path / "kept.png")
     removed = tmp_path / ".inkframe" / "removed"

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from engines.errors import CorruptModelError, InvalidRequestError
-from engines.origin.enhance import (EnhanceSettings, SuperResolution, adjust_colour, describe_upscaler, enhance,
+from engines.origin.generation.enhance import (EnhanceSettings, SuperResolution, adjust_colour, describe_upscaler, enhance,
                                     enhance_detail, find_sr_model, multiscale_clean, pil_to_tensor,
                                     sr_training_pairs, upscale_tensor)
 

@@ -16,11 +16,11 @@ from safetensors.torch import save_file
 
 from engines.errors import Cancelled, CorruptModelError, InvalidRequestError
 from engines.hardware import HardwareManager
-from engines.origin import checkpoints
-from engines.origin.config import tiny_config
-from engines.origin.enhance import EnhanceSettings, SuperResolution
-from engines.origin.model import OriginModel
-from engines.origin.sampler import GenerateRequest, check, generate, read_png_parameters
+from engines.origin.model import checkpoints
+from engines.origin.model.config import tiny_config
+from engines.origin.generation.enhance import EnhanceSettings, SuperResolution
+from engines.origin.model.network import OriginModel
+from engines.origin.generation.sampler import GenerateRequest, check, generate, read_png_parameters
 from engines.progress import CancelToken
 from engines.settings import MachineSettings
 

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
 
-from engines.origin.expert_targets import EXPERT_TARGETS, compute_targets
-from engines.origin.losses import (
+from engines.origin.model.expert_targets import EXPERT_TARGETS, compute_targets
+from engines.origin.training.losses import (
     ArtLosses,
     add_noise_target,
     art_loss_weights,

@@ -12,11 +12,11 @@ import torch
 from diffusers import DDPMScheduler
 from safetensors.torch import load_file, save_file
 
-from engines.origin.config import EXPERT_NAMES, tiny_config
-from engines.origin.dataflow import CycleError, DataFlow, DataFlowError, MissingInputError
-from engines.origin.losses import (ArtLosses, add_noise_target, art_loss_weights, diffusion_loss,
+from engines.origin.model.config import EXPERT_NAMES, tiny_config
+from engines.origin.model.dataflow import CycleError, DataFlow, DataFlowError, MissingInputError
+from engines.origin.training.losses import (ArtLosses, add_noise_target, art_loss_weights, diffusion_loss,
                                    predicted_clean)
-from engines.origin.model import OriginModel, OriginOutput
+from engines.origin.model.network import OriginModel, OriginOutput
 from test_origin_losses import manga_images
 
 

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from engines.models import ModelStore
-from engines.origin import text_encoder
-from engines.origin.text_encoder import TextEncoder, hash_vector, word_pieces
+from engines.origin.model import text_encoder
+from engines.origin.model.text_encoder import TextEncoder, hash_vector, word_pieces
 
 ROOT = Path(__file__).resolve().parent.parent
 CAPTIONS = ["manga girl, forest background", "a cat on a rooftop at night, ink", "森の中の少女", ""]
@@ -31,7 +31,7 @@ def digest(tokens: torch.Tensor, mask: torch.Tensor) -> str:
 def test_hash_fallback_is_identical_in_another_process() -> None:
     tokens, mask = TextEncoder(None, 48, 12).encode(CAPTIONS)
     script = (
-        "import hashlib, sys; from engines.origin.text_encoder import TextEncoder\n"
+        "import hashlib, sys; from engines.origin.model.text_encoder import TextEncoder\n"
         f"t, m = TextEncoder(None, 48, 12).encode({CAPTIONS!r})\n"
         "print(hashlib.sha256(t.numpy().tobytes() + m.numpy().tobytes()).hexdigest())\n"
     )
@@ -85,7 +85,7 @@ def test_long_captions_are_truncated_to_max_tokens() -> None:
 def test_missing_model_falls_back_with_one_warning_per_process(tmp_path: Path, caplog, monkeypatch) -> None:
     monkeypatch.setattr(text_encoder, "_fallback_warned", threading.Event())
     store = ModelStore(tmp_path / "models", offline=True)
-    with caplog.at_level(logging.WARNING, logger="engines.origin.text_encoder"):
+    with caplog.at_level(logging.WARNING, logger="engines.origin.model.text_encoder"):
         first = TextEncoder("sentence-transformers/paraphrase-multilingual-MiniLM-L12-v2", 32, 8, store=store)
         second = TextEncoder(str(tmp_path / "no-such-model"), 32, 8, store=store)
     assert first.is_fallback and second.is_fallback

@@ -21,10 +21,11 @@ import torch
 
 from engines.context import build_engine_context
 from engines.errors import InvalidRequestError
-from engines.origin import checkpoints
-from engines.origin.config import OriginConfig, tiny_config
-from engines.origin.lr_control import AdaptiveLRController, LRControlSettings
-from engines.origin.trainer import FaultInjection, TrainRequest, train
+from engines.origin.model import checkpoints
+from engines.origin.model.config import OriginConfig, tiny_config
+from engines.origin.training.lr_control import AdaptiveLRController, LRControlSettings
+from engines.origin.training.request import FaultInjection, TrainRequest
+from engines.origin.training.trainer import train
 from engines.settings import MachineSettings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -93,7 +94,7 @@ def run_cli(*args: str, data_dir: Path) -> int:
     """``app.py train ARGS`` in this process, as app.main runs it (its exit code for a StudioError)."""
     import app
     from engines.errors import StudioError
-    from engines.origin import train_cli
+    from engines.origin.training import cli as train_cli
 
     argv = ["train", *args, "--data-dir", str(data_dir), "--cpu", "--offline"]
     parsed = app.build_parser().parse_args(argv)
@@ -355,7 +356,7 @@ def test_two_process_accelerate_launch_trains_and_checkpoints(workdir, dataset):
     state = latest.path / "training_state"
     assert (state / "random_states_0.pkl").is_file() and (state / "random_states_1.pkl").is_file()
     config, weights_, _ = checkpoints.load_for_inference(run)
-    from engines.origin.model import OriginModel
+    from engines.origin.model.network import OriginModel
 
     OriginModel(config.model).load_state_dict(weights_)  # the model's own names, not DDP's "module."
 
@@ -380,8 +381,8 @@ def test_search_writes_the_best_config(workdir):
 
 
 def test_sr_stage_writes_the_super_resolution_model(workdir, dataset, ctx):
-    from engines.origin.enhance import SuperResolution, find_sr_model
-    from engines.origin.sr_stage import SrRequest, train_sr
+    from engines.origin.generation.enhance import SuperResolution, find_sr_model
+    from engines.origin.training.sr_stage import SrRequest, train_sr
 
     result = train_sr(
         SrRequest(data=dataset, run=workdir / "sr-run", resolution=32, epochs=2, batch_size=4), ctx

@@ -12,7 +12,7 @@ from engines.errors import ModelNotFoundError, OutOfMemoryError
 from engines.hardware import HardwareManager
 from engines.models import ModelStore
 from engines.settings import MachineSettings
-from engines.placement import components_of, module_bytes
+from engines.hardware.placement import components_of, module_bytes
 from tiny_models import run_tiny_pipeline
 
 

@@ -50,7 +50,7 @@ class HuggingFaceSource(Source):
                                "offline: run without --offline, or import its images with the folder source.")
         from huggingface_hub import errors as hub_errors
 
-        from engines.model_files import network_errors
+        from engines.models.files import network_errors
 
         try:
             return call()

@@ -1,8 +1,8 @@
-"""The file-level helpers behind the model store (engines/models.py): which files of a Hub repo to download,
+"""The file-level helpers behind the model store (engines/models/store.py): which files of a Hub repo to download,
 whether a model folder or .safetensors file is whole, turning loader and network failures into one sentence,
 the download progress bar, and a checkpoint's keys read lazily.
 
-Callers import from ``engines.models``; this module is its private half. Nothing heavy is imported at
+Callers import from ``engines.models``, which exports what they need. Nothing heavy is imported at
 module level: huggingface_hub and safetensors are imported inside the functions that need them.
 """
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional
 
 from engines.errors import ModelNotFoundError, OutOfMemoryError
-from engines.placement import ModuleMover, Placement, PlacementPlan, components_of, module_bytes
+from engines.hardware.placement import ModuleMover, Placement, PlacementPlan, components_of, module_bytes
 
 log = logging.getLogger(__name__)
 

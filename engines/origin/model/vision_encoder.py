@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from engines.origin.unet import group_norm
+from engines.origin.model.unet import group_norm
 
 EMBEDDINGS = ("structure", "color", "composition")
 

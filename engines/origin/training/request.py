@@ -1,45 +1,21 @@
-"""Train an Origin model on the artist's dataset: ``train(TrainRequest(data, run), ctx)``.
+"""What a training run is asked to do: ``TrainRequest``, its checks, and the config it resolves to.
 
-Built on accelerate, so one code path runs on a CPU, one GPU (fp16/bf16 mixed precision) or
-several GPUs and machines (``accelerate launch app.py train ...``). The run folder holds
-everything (config.json, checkpoints/, samples/, metrics.jsonl, tensorboard/, logs/); see
-docs/training.md for the artist's side. The steps of ``Trainer.run``:
-
-1. the accelerator and the run folder (config.json, logs)
-2. the data: ArtDataset through the two-tier TensorCache, a seeded DataLoader
-3. the network, the frozen text encoder, the noise schedule and the art losses
-4. AdamW, warm-up + cosine schedule, the adaptive LR controller, EMA weights
-5. resume from the newest good checkpoint (``--resume``)
-6. the epochs: steps with out-of-memory recovery and the NaN/Inf guard; metrics, logs,
-   samples, checkpoints (every N epochs, milestones, kept to the newest 20)
-7. the final checkpoint and the result
-
-Gradient accumulation is done here rather than with ``accelerator.accumulate``: the trainer
-gathers a step's batches first, so an out-of-memory retry can redo the whole step with smaller
-micro-batches (a retry halfway through accelerate's per-batch accumulation would count part of
-the step twice).
+``check(request)`` turns every bad value into one sentence before anything loads, and returns the
+run's ``OriginConfig``: the request's, the run's own when resuming, or the defaults, with the
+command line's overrides on top. ``trainer.train`` runs it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
-from engines.errors import InvalidRequestError, StudioError
-from engines.origin import checkpoints
-from engines.origin.config import OriginConfig
-from engines.progress import CancelToken, OnStep, no_progress
+from engines.errors import InvalidRequestError
+from engines.origin.model import checkpoints
+from engines.origin.model.config import OriginConfig
 
 PRECISIONS = ("auto", "no", "fp16", "bf16")
-MAX_SKIPS_IN_A_ROW = 25
-# Rough activation memory of one 64 px sample per unit of UNet width (fp32, saved for backward):
-# only sizes the first micro-batch; an out-of-memory error corrects it.
-ACTIVATION_BYTES_PER_CHANNEL_AT_64 = 64 * 64 * 4 * 60
-
-
-class TrainingDivergedError(StudioError):
-    exit_code = 6
 
 
 @dataclass(frozen=True)
@@ -117,7 +93,7 @@ def resolve_config(request: TrainRequest) -> OriginConfig:
 
 def check(request: TrainRequest) -> OriginConfig:
     """Every bad value as one sentence before anything loads; returns the resolved config."""
-    from engines.origin.data import IMAGE_SUFFIXES
+    from engines.origin.training.data import IMAGE_SUFFIXES
 
     data, run = Path(request.data).expanduser(), Path(request.run).expanduser()
     if not data.is_dir():
@@ -168,29 +144,3 @@ def check(request: TrainRequest) -> OriginConfig:
     if not 0 <= m.dropout < 1:
         raise InvalidRequestError(f"The dropout must be in [0, 1), not {m.dropout}.")
     return config
-
-
-def train(request: TrainRequest, ctx: Any, *, on_step: OnStep = no_progress,
-          cancel: Optional[CancelToken] = None) -> TrainResult:
-    """Check the request, then run the whole training; see the module docstring."""
-    config = check(request)
-    from engines.origin.training_loop import Trainer
-
-    return Trainer(request, config, ctx, on_step=on_step, cancel=cancel).run()
-
-
-def mixed_precision_for(requested: str, hardware: Any, device_type: str) -> str:
-    """accelerate's mixed_precision from the config and the HardwareManager's rules (fp32 on CPU)."""
-    if device_type != "cuda":
-        return "no"  # CPU autocast is slower than fp32 on most CPUs; MPS trains in fp32 (devices.py)
-    if requested != "auto":
-        return requested
-    return {"fp32": "no", "fp16": "fp16", "bf16": "bf16"}[hardware.precision.training]
-
-
-def estimate_memory(config: OriginConfig, num_parameters: int, micro_batch: int) -> int:
-    """Bytes a run holds: weights, gradients, two Adam moments and EMA (5 fp32 copies) + activations."""
-    per_sample = (
-        ACTIVATION_BYTES_PER_CHANNEL_AT_64 * config.model.base_channels * (config.model.resolution / 64) ** 2
-    )
-    return int(num_parameters * 4 * 5 + per_sample * micro_batch)

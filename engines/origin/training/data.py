@@ -22,14 +22,12 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from engines.errors import InvalidRequestError
-from engines.origin.cache import TensorCache
+from engines.origin.model.pixels import DECODE_ERRORS, load_image_uint8, to_model_range
+from engines.origin.training.cache import TensorCache
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-# What PIL raises for a file it cannot decode (SyntaxError: some plugins' malformed headers; the
-# bomb error: a scan so large that decoding it would exhaust RAM).
-DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 # Part of every cache key: change it when the preprocessing below changes what it produces.
 PREPROCESS_VERSION = 1
 
@@ -59,36 +57,6 @@ def _is_readable_image(path: Path) -> bool:
     except DECODE_ERRORS as error:  # UnidentifiedImageError is an OSError
         log.warning("skipping %s: not a readable image (%s)", path, error)
         return False
-
-
-def load_image_uint8(path: Path, resolution: int) -> torch.Tensor:
-    """Decode, flatten transparency onto white, resize the short side and centre-crop: uint8 [3, R, R]."""
-    import numpy as np
-    from PIL import ImageOps
-
-    with Image.open(path) as image:
-        if image.format == "JPEG":
-            # Let libjpeg decode at a reduced scale (DCT scaling) when the file is much larger than
-            # needed; keeping at least 2x the target leaves the final resize enough pixels to
-            # antialias, so quality is unchanged and a 2048 px JPEG decodes several times faster.
-            image.draft("RGB", (resolution * 2, resolution * 2))
-        image = ImageOps.exif_transpose(image)
-        if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-            # Manga pages and sprites with alpha sit on white paper, not on black.
-            rgba = image.convert("RGBA")
-            image = Image.new("RGB", rgba.size, (255, 255, 255))
-            image.paste(rgba, mask=rgba.getchannel("A"))
-        else:
-            image = image.convert("RGB")
-        image = ImageOps.fit(image, (resolution, resolution), method=Image.Resampling.LANCZOS,
-                             centering=(0.5, 0.5))
-        array = np.asarray(image, dtype=np.uint8)
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
-
-
-def to_model_range(pixels: torch.Tensor) -> torch.Tensor:
-    """uint8 [0, 255] -> float32 [-1, 1], the range the diffusion model is trained in."""
-    return pixels.to(torch.float32).div_(127.5).sub_(1.0)
 
 
 class ArtDataset(Dataset):

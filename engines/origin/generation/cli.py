@@ -45,8 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def build_request(args: argparse.Namespace, outputs: Path):
     from dataclasses import replace
 
-    from engines.origin.enhance import EnhanceSettings
-    from engines.origin.sampler import GenerateRequest
+    from engines.origin.generation.enhance import EnhanceSettings
+    from engines.origin.generation.sampler import GenerateRequest
 
     settings = EnhanceSettings.off() if args.no_enhance else EnhanceSettings()
     for name in ("detail", "vibrancy", "saturation", "contrast", "brightness"):
@@ -63,13 +63,13 @@ def build_request(args: argparse.Namespace, outputs: Path):
 
 
 def run(args: argparse.Namespace, settings: MachineSettings) -> int:
-    from engines.origin.checkpoints import resolve_checkpoint
+    from engines.origin.model.checkpoints import resolve_checkpoint
 
     # A mistyped --model is the commonest error: say so before torch loads (seconds on a laptop).
     resolve_checkpoint(args.model)
 
     from engines.context import build_engine_context
-    from engines.origin.sampler import check, generate
+    from engines.origin.generation.sampler import check, generate
     from engines.progress import TqdmProgress
 
     ctx = build_engine_context(settings)

@@ -25,7 +25,7 @@ from typing import Any, Optional
 
 from engines.errors import InvalidRequestError
 from engines.files import atomic_write
-from engines.origin.config import OriginConfig
+from engines.origin.model.config import OriginConfig
 from engines.progress import CancelToken, OnStep, no_progress
 
 DEFAULT_TRIAL_STEPS = 200
@@ -99,11 +99,11 @@ def evaluate(checkpoint: Path, data: Path, device: Any) -> float:
     import torch
     from diffusers import DDPMScheduler
 
-    from engines.origin import checkpoints
-    from engines.origin.data import ArtDataset
-    from engines.origin.losses import add_noise_target, diffusion_loss
-    from engines.origin.model import OriginModel
-    from engines.origin.text_encoder import TextEncoder
+    from engines.origin.model import checkpoints
+    from engines.origin.training.data import ArtDataset
+    from engines.origin.training.losses import add_noise_target, diffusion_loss
+    from engines.origin.model.network import OriginModel
+    from engines.origin.model.text_encoder import TextEncoder
 
     config, state, _ = checkpoints.load_for_inference(checkpoint, prefer_ema=False)
     model = OriginModel(config.model)
@@ -137,8 +137,9 @@ def run_search(request: Any, trials: int, ctx: Any, *, on_step: OnStep = no_prog
     """Run ``trials`` short trainings of ``request`` (a TrainRequest) and keep the best configuration."""
     from accelerate import PartialState
 
-    from engines.origin.data import ArtDataset
-    from engines.origin.trainer import TrainRequest, check, train
+    from engines.origin.training.data import ArtDataset
+    from engines.origin.training.request import TrainRequest, check
+    from engines.origin.training.trainer import train
 
     if not isinstance(trials, int) or trials < 1:
         raise InvalidRequestError(f"--search needs a number of trials of at least 1, not {trials}.")

@@ -29,7 +29,7 @@ from torch import nn
 
 from engines.errors import CorruptModelError, InvalidRequestError
 from engines.files import atomic_write
-from engines.origin.losses import luminance
+from engines.origin.model.pixels import luminance, pil_to_tensor, tensor_to_pil
 
 log = logging.getLogger(__name__)
 
@@ -113,25 +113,6 @@ def find_sr_model(run_dir: Path) -> Optional[Path]:
     """``<run>/sr/sr.safetensors`` when ``train --stage sr`` has written it."""
     path = Path(run_dir) / "sr" / "sr.safetensors"
     return path if path.is_file() else None
-
-
-# -- tensors and PIL images ------------------------------------------------------------------
-def pil_to_tensor(image: Any) -> torch.Tensor:
-    """PIL image -> float32 [1, 3, H, W] in [-1, 1]."""
-    import numpy as np
-
-    array = np.asarray(image.convert("RGB"), dtype=np.float32)
-    return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0).div(127.5).sub(1.0)
-
-
-def tensor_to_pil(tensor: torch.Tensor) -> Any:
-    """[1, 3, H, W] or [3, H, W] in [-1, 1] -> PIL RGB image (clamped, rounded)."""
-    from PIL import Image
-
-    if tensor.dim() == 4:
-        tensor = tensor[0]
-    pixels = ((tensor.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return Image.fromarray(pixels.permute(1, 2, 0).cpu().numpy(), "RGB")
 
 
 def sr_training_pairs(image: Union[torch.Tensor, Any], scale: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,7 +7,7 @@ import os
 from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
-from engines.devices import DeviceChoice
+from engines.hardware.devices import DeviceChoice
 
 log = logging.getLogger(__name__)
 

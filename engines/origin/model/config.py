@@ -13,6 +13,8 @@ from typing import Any
 
 from engines.errors import InvalidRequestError
 
+# What the network predicts: the noise (epsilon) or the velocity v = sqrt(ab) eps - sqrt(1 - ab) x0.
+PREDICTION_TYPES = ("epsilon", "v_prediction")
 EXPERT_NAMES = (
     "line_art", "color", "light", "anatomy", "scene", "camera", "story",
     "structure", "precision", "memory", "safety", "editing", "quality", "style",

@@ -97,7 +97,7 @@ class TextCache:
 def draw_inputs(window: list[dict], *, seed: int, step: int, process_index: int, caption_dropout: float,
                 num_timesteps: int, device: Any) -> list[StepInputs]:
     """The step's randomness, drawn on the CPU (same numbers on any device) before any model work."""
-    from engines.origin.data import drop_captions
+    from engines.origin.training.data import drop_captions
 
     generator = torch.Generator("cpu").manual_seed(step_seed(seed, step, process_index))
     out = []
@@ -159,7 +159,7 @@ class LossComputer:
         return self._stats(sums, total_samples)
 
     def _loss(self, item: StepInputs, start: int, end: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        from engines.origin.losses import add_noise_target, art_loss_weights, diffusion_loss, predicted_clean
+        from engines.origin.training.losses import add_noise_target, art_loss_weights, diffusion_loss, predicted_clean
 
         cfg = self.config
         prediction = cfg.model.prediction_type

@@ -1,7 +1,7 @@
 """The mixture of named experts: a router, the experts (each run twice), a fusion head, auxiliary heads.
 
 Every sample is described by one condition vector (time, caption, reference, current canvas;
-built in ``model.py``). From it:
+built in ``network.py``). From it:
 
 1. the **router** gives each expert a weight (softmax with a learnable temperature: each row sums
    to 1). All experts run for every sample (there are only 14 and they are small, so a dense
@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from engines.origin.expert_targets import EXPERT_TARGETS, check_expert_names, compute_targets
-from engines.origin.gnn import GraphAttention
+from engines.origin.model.expert_targets import EXPERT_TARGETS, check_expert_names, compute_targets
+from engines.origin.model.gnn import GraphAttention
 
 MIN_TEMPERATURE, MAX_TEMPERATURE = 0.05, 20.0
 

@@ -25,13 +25,12 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from engines.origin.config import ModelConfig
-from engines.origin.dataflow import DataFlow
-from engines.origin.experts import ExpertHeads, Experts, FusionHead, Router
-from engines.origin.gnn import ExpertGraph
-from engines.origin.losses import PREDICTION_TYPES
-from engines.origin.unet import SinusoidalPosEmb, UNet
-from engines.origin.vision_encoder import EMBEDDINGS, VisionEncoder
+from engines.origin.model.config import PREDICTION_TYPES, ModelConfig
+from engines.origin.model.dataflow import DataFlow
+from engines.origin.model.experts import ExpertHeads, Experts, FusionHead, Router
+from engines.origin.model.gnn import ExpertGraph
+from engines.origin.model.unet import SinusoidalPosEmb, UNet
+from engines.origin.model.vision_encoder import EMBEDDINGS, VisionEncoder
 
 CANVAS_SIZE = 32  # the experts see the noisy image at this size: enough for layout and palette
 

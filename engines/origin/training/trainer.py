@@ -1,4 +1,24 @@
-"""The ``Trainer``: the numbered steps of ``trainer.py``'s docstring, one method each."""
+"""Train an Origin model on the artist's dataset: ``train(TrainRequest(data, run), ctx)``.
+
+Built on accelerate, so one code path runs on a CPU, one GPU (fp16/bf16 mixed precision) or
+several GPUs and machines (``accelerate launch app.py train ...``). The run folder holds
+everything (config.json, checkpoints/, samples/, metrics.jsonl, tensorboard/, logs/); see
+docs/training.md for the artist's side. The steps of ``Trainer.run``:
+
+1. the accelerator and the run folder (config.json, logs)
+2. the data: ArtDataset through the two-tier TensorCache, a seeded DataLoader
+3. the network, the frozen text encoder, the noise schedule and the art losses
+4. AdamW, warm-up + cosine schedule, the adaptive LR controller, EMA weights
+5. resume from the newest good checkpoint (``--resume``)
+6. the epochs: steps with out-of-memory recovery and the NaN/Inf guard; metrics, logs,
+   samples, checkpoints (every N epochs, milestones, kept to the newest 20)
+7. the final checkpoint and the result
+
+Gradient accumulation is done here rather than with ``accelerator.accumulate``: the trainer
+gathers a step's batches first, so an out-of-memory retry can redo the whole step with smaller
+micro-batches (a retry halfway through accelerate's per-batch accumulation would count part of
+the step twice).
+"""
 
 from __future__ import annotations
 
@@ -7,14 +27,45 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from engines.errors import Cancelled
+from engines.errors import Cancelled, StudioError
 from engines.files import atomic_write
-from engines.origin import checkpoints
-from engines.origin.config import OriginConfig
-from engines.origin.trainer import (ACTIVATION_BYTES_PER_CHANNEL_AT_64, MAX_SKIPS_IN_A_ROW,
-                                    TrainingDivergedError, TrainRequest, TrainResult, estimate_memory,
-                                    mixed_precision_for)
-from engines.progress import CancelToken, OnStep
+from engines.origin.model import checkpoints
+from engines.origin.model.config import OriginConfig
+from engines.origin.training.request import TrainRequest, TrainResult, check
+from engines.progress import CancelToken, OnStep, no_progress
+
+MAX_SKIPS_IN_A_ROW = 25
+# Rough activation memory of one 64 px sample per unit of UNet width (fp32, saved for backward):
+# only sizes the first micro-batch; an out-of-memory error corrects it.
+ACTIVATION_BYTES_PER_CHANNEL_AT_64 = 64 * 64 * 4 * 60
+
+
+class TrainingDivergedError(StudioError):
+    exit_code = 6
+
+
+def train(request: TrainRequest, ctx: Any, *, on_step: OnStep = no_progress,
+          cancel: Optional[CancelToken] = None) -> TrainResult:
+    """Check the request, then run the whole training; see the module docstring."""
+    config = check(request)
+    return Trainer(request, config, ctx, on_step=on_step, cancel=cancel).run()
+
+
+def mixed_precision_for(requested: str, hardware: Any, device_type: str) -> str:
+    """accelerate's mixed_precision from the config and the HardwareManager's rules (fp32 on CPU)."""
+    if device_type != "cuda":
+        return "no"  # CPU autocast is slower than fp32 on most CPUs; MPS trains in fp32 (devices.py)
+    if requested != "auto":
+        return requested
+    return {"fp32": "no", "fp16": "fp16", "bf16": "bf16"}[hardware.precision.training]
+
+
+def estimate_memory(config: OriginConfig, num_parameters: int, micro_batch: int) -> int:
+    """Bytes a run holds: weights, gradients, two Adam moments and EMA (5 fp32 copies) + activations."""
+    per_sample = (
+        ACTIVATION_BYTES_PER_CHANNEL_AT_64 * config.model.base_channels * (config.model.resolution / 64) ** 2
+    )
+    return int(num_parameters * 4 * 5 + per_sample * micro_batch)
 
 
 def _log_every(total_steps: int) -> int:
@@ -113,8 +164,8 @@ class Trainer:
 
     # 2. the data -----------------------------------------------------------------------------------
     def _setup_data(self) -> None:
-        from engines.origin.cache import CacheTally, TensorCache
-        from engines.origin.data import ArtDataset, make_dataloader
+        from engines.origin.training.cache import CacheTally, TensorCache
+        from engines.origin.training.data import ArtDataset, make_dataloader
 
         t = self.config.train
         disk = self.ctx.settings.paths.cache / "origin" if t.disk_cache else None
@@ -132,10 +183,10 @@ class Trainer:
         import torch
         from diffusers import DDPMScheduler
 
-        from engines.origin.losses import ArtLosses
-        from engines.origin.model import OriginModel
-        from engines.origin.text_encoder import TextEncoder
-        from engines.origin.train_step import TextCache
+        from engines.origin.training.losses import ArtLosses
+        from engines.origin.model.network import OriginModel
+        from engines.origin.model.text_encoder import TextEncoder
+        from engines.origin.training.forward_backward import TextCache
 
         # The same initial weights on every process and every run with this seed.
         with torch.random.fork_rng(devices=[]):
@@ -158,9 +209,9 @@ class Trainer:
         import torch
         from diffusers.training_utils import EMAModel
 
-        from engines.origin.lr_control import AdaptiveLRController, make_scheduler, window_for
-        from engines.origin.train_step import LossComputer, TrainingForward
-        from engines.origin.training_checkpoint import TrainProgress, install_state_hooks
+        from engines.origin.training.lr_control import AdaptiveLRController, make_scheduler, window_for
+        from engines.origin.training.forward_backward import LossComputer, TrainingForward
+        from engines.origin.training.checkpointing import TrainProgress, install_state_hooks
 
         t = self.config.train
         # No weight decay on biases and norm scales: decaying them only fights the normalisation.
@@ -198,7 +249,7 @@ class Trainer:
 
     # 5. resume ----------------------------------------------------------------------------------
     def _resume(self) -> Optional[checkpoints.CheckpointInfo]:
-        from engines.origin.training_checkpoint import load_checkpoint
+        from engines.origin.training.checkpointing import load_checkpoint
 
         if not self.request.resume:
             return None
@@ -208,7 +259,7 @@ class Trainer:
         return info
 
     def _open_logs(self, resumed_from: Optional[checkpoints.CheckpointInfo]) -> None:
-        from engines.origin.run_logs import RunLogs
+        from engines.origin.training.run_logs import RunLogs
 
         self.logs = RunLogs(self.run_dir, main_process=self.main, rank=self.accelerator.process_index,
                             resume_step=self.progress.step if resumed_from is not None else None)
@@ -234,7 +285,7 @@ class Trainer:
 
     # 6. the epochs ----------------------------------------------------------------------------------
     def _train(self) -> None:
-        from engines.origin.step_driver import StepDriver
+        from engines.origin.training.optimizer_step import StepDriver
 
         driver = StepDriver(self)
         p, t = self.progress, self.config.train
@@ -302,7 +353,7 @@ class Trainer:
 
     def save(self, kind: str, **meta: Any) -> Path:
         """A checkpoint of the current state (every process calls this together)."""
-        from engines.origin.training_checkpoint import checkpoint_name, save_checkpoint
+        from engines.origin.training.checkpointing import checkpoint_name, save_checkpoint
 
         p = self.progress
         name = checkpoint_name(kind, epoch=p.epoch, step=p.step)

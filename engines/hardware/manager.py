@@ -16,14 +16,14 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Iterator, Optional, TypeVar
 
-from engines.devices import DeviceChoice, PrecisionChoice, select_device, select_precision, torch_dtype
+from engines.hardware.devices import DeviceChoice, PrecisionChoice, select_device, select_precision, torch_dtype
 from engines.errors import OutOfMemoryError, is_torch_oom
-from engines.gpu_lock import GpuLock, Reservations
-from engines.placement import (MemoryPolicy, TorchMover, decode_with_tiled_retry, empty_device_cache,
+from engines.hardware.gpu_lock import GpuLock, Reservations
+from engines.hardware.placement import (MemoryPolicy, TorchMover, decode_with_tiled_retry, empty_device_cache,
                                plan_placement)
-from engines.pool import DEVICE, HOST, ModelPool, PoolRecord, UnloadReport
+from engines.hardware.pool import DEVICE, HOST, ModelPool, PoolRecord, UnloadReport
 from engines.settings import MachineSettings
-from engines.telemetry import MemoryProbe, MemoryReading
+from engines.hardware.telemetry import MemoryProbe, MemoryReading
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -25,10 +25,11 @@ from typing import Any, Optional, Union
 from engines import __version__
 from engines.errors import CorruptModelError, InvalidRequestError, OutOfMemoryError, StudioError, is_torch_oom
 from engines.files import atomic_write
-from engines.origin import checkpoints
-from engines.origin.config import OriginConfig
-from engines.origin.enhance import (UPSCALES, EnhanceSettings, SuperResolution, describe_upscaler, enhance,
-                                    find_sr_model, tensor_to_pil)
+from engines.origin.generation.enhance import (UPSCALES, EnhanceSettings, SuperResolution, describe_upscaler, enhance,
+                                    find_sr_model)
+from engines.origin.model import checkpoints
+from engines.origin.model.config import OriginConfig
+from engines.origin.model.pixels import DECODE_ERRORS, load_image_uint8, tensor_to_pil, to_model_range
 from engines.progress import CancelToken, OnStep, no_progress
 
 log = logging.getLogger(__name__)
@@ -114,7 +115,7 @@ def _resolve(ref: Union[str, Path]) -> tuple[checkpoints.CheckpointInfo, OriginC
 
 def load_model(checkpoint: Path) -> Any:
     """An OriginModel with the checkpoint's weights (EMA when saved), in eval mode, on the CPU."""
-    from engines.origin.model import OriginModel
+    from engines.origin.model.network import OriginModel
 
     config, state, info = checkpoints.load_for_inference(checkpoint)
     try:
@@ -163,8 +164,6 @@ def make_scheduler(name: str, config: OriginConfig) -> Any:
 
 # -- 3.-5. conditioning and denoising ----------------------------------------------------------
 def _load_reference(path: Path, resolution: int) -> Any:
-    from engines.origin.data import DECODE_ERRORS, load_image_uint8, to_model_range
-
     try:
         return to_model_range(load_image_uint8(Path(path), resolution)).unsqueeze(0)
     except DECODE_ERRORS as error:
@@ -257,7 +256,7 @@ def _sr_model_in_pool(run_dir: Path, upscale: int, hardware: Any) -> Optional[st
 def generate(request: GenerateRequest, hardware: Any, *, on_step: OnStep = no_progress,
              cancel: Optional[CancelToken] = None, store: Any = None) -> GenerateResult:
     """Run the whole generation and write ``request.output``; see the module docstring."""
-    from engines.origin.text_encoder import TextEncoder
+    from engines.origin.model.text_encoder import TextEncoder
 
     started = time.perf_counter()
     # 1. check
@@ -274,7 +273,7 @@ def generate(request: GenerateRequest, hardware: Any, *, on_step: OnStep = no_pr
                                   f"use at most that many steps, not {request.steps}.")
     model_name = f"origin:{info.path}:{info.step}"
     if model_name not in hardware.pool:
-        from engines.placement import MemoryPolicy
+        from engines.hardware.placement import MemoryPolicy
 
         hardware.register(model_name, load_model(info.path), loader=lambda: load_model(info.path),
                           policy=MemoryPolicy(working_bytes=_working_bytes(config, height, width)), activate=False)

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from engines.errors import CorruptModelError, ModelNotFoundError
-from engines.origin.config import OriginConfig
+from engines.origin.model.config import OriginConfig
 
 FORMAT_VERSION = 1
 _NAME = re.compile(r"^(epoch|step|emergency|milestone)-(\d+)$")

@@ -7,8 +7,7 @@ folder there by hand. Weights load only from safetensors or through ``torch.load
 a checkpoint from the internet never gets to run code. Nothing heavy is imported at module level.
 
 The file-level helpers (which files to download, safetensors checks, error sentences) live in
-``engines.model_files``; the suffix constants, ``choose_download_files`` and ``check_safetensors_file``
-are re-exported here, so callers keep importing from ``engines.models``.
+``engines.models.files``; the package exports what callers need (``from engines.models import ModelStore``).
 """
 
 from __future__ import annotations
@@ -27,11 +26,10 @@ from engines.errors import (
     OfflineError,
     StudioError,
 )
-from engines.model_files import (
+from engines.models.files import (
     CHECKPOINT_SUFFIXES,
     CONFIG_FILES,
     DOWNLOADING_MARKER,
-    PICKLE_SUFFIXES as PICKLE_SUFFIXES,  # unused here; re-exported for callers
     SAFE_SUFFIXES,
     LazyCheckpoint,
     check_safetensors_file,
@@ -44,7 +42,7 @@ from engines.model_files import (
 )
 from engines.progress import CancelToken, OnStep, no_progress
 
-KNOWN_MODELS_FILE = Path(__file__).resolve().parent.parent / "assets" / "known_models.json"
+KNOWN_MODELS_FILE = Path(__file__).resolve().parents[2] / "assets" / "known_models.json"
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
 

@@ -1,4 +1,4 @@
-"""One optimizer step around the arithmetic of ``train_step.py``: out-of-memory recovery, the
+"""One optimizer step around the arithmetic of ``forward_backward.py``: out-of-memory recovery, the
 NaN/Inf guard, the update (optimizer, EMA, LR schedule and controller), and what the step
 records (metrics.jsonl, TensorBoard, performance.log, diagnosis.log, error.log, sample images).
 """
@@ -9,8 +9,8 @@ import math
 import time
 from typing import Any
 
-from engines.origin.diagnosis import grad_norms_by_group, nonfinite_parameters, report_lines, routing_health
-from engines.origin.train_step import draw_inputs
+from engines.origin.training.diagnosis import grad_norms_by_group, nonfinite_parameters, report_lines, routing_health
+from engines.origin.training.forward_backward import draw_inputs
 
 MB = 2**20
 
@@ -198,7 +198,7 @@ class StepDriver:
             )
 
     def _samples(self, number: int) -> None:
-        from engines.origin.train_samples import write_samples
+        from engines.origin.training.samples import write_samples
 
         t = self.t
         started = time.perf_counter()

@@ -2,7 +2,7 @@
 
 The same prompts and seeds every time, so the pictures in ``<run>/samples/`` show how the model
 learns, not how the noise changed. The denoising loop and the PNG writer are the sampler's own
-(``sampler.py``), so what the artist sees here is what ``generate`` would draw at this step.
+(``generation/sampler.py``), so what the artist sees here is what ``generate`` would draw at this step.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ SAMPLE_SEED = 1234
 def write_samples(*, run_dir: Path, step: int, model: Any, ema: Any, text_encoder: Any, config: Any,
                   device: Any) -> list[Path]:
     """One PNG per prompt in ``<run>/samples/step-<step>-<i>.png``; returns their paths."""
-    from engines.origin import sampler
-    from engines.origin.enhance import tensor_to_pil
+    from engines.origin.generation import sampler
+    from engines.origin.model.pixels import tensor_to_pil
 
     prompts = [p for p in config.train.sample_prompts if p.strip()]
     if not prompts:

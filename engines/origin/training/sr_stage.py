@@ -68,9 +68,9 @@ def train_sr(request: SrRequest, ctx: Any, *, on_step: OnStep = no_progress,
     import torch.nn.functional as F
     from accelerate import Accelerator
 
-    from engines.origin.data import ArtDataset, make_dataloader
-    from engines.origin.enhance import SuperResolution, sr_training_pairs
-    from engines.origin.run_logs import RunLogs
+    from engines.origin.training.data import ArtDataset, make_dataloader
+    from engines.origin.generation.enhance import SuperResolution, sr_training_pairs
+    from engines.origin.training.run_logs import RunLogs
 
     # 1. check and set up
     check(request)

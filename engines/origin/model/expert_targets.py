@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from engines.origin.losses import laplacian, luminance, sobel, to_unit
+from engines.origin.model.pixels import laplacian, luminance, sobel, to_unit
 
 WORK_SIZE = 64  # every target is computed on a copy this size: its cost does not grow with resolution
 

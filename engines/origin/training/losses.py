@@ -20,57 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-PREDICTION_TYPES = ("epsilon", "v_prediction")
-LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601, what "brightness" means to an artist's eye
-
-# --- image helpers (shared with expert_targets.py) ---------------------------------------------
-
-
-def to_unit(image: Tensor) -> Tensor:
-    """[-1, 1] -> [0, 1], float32 (the losses are computed in full precision under autocast)."""
-    return (image.float() + 1) / 2
-
-
-def luminance(rgb: Tensor) -> Tensor:
-    weights = torch.tensor(LUMA, device=rgb.device, dtype=rgb.dtype).view(1, 3, 1, 1)
-    return (rgb * weights).sum(dim=1, keepdim=True)
-
-
-def _filter(gray: Tensor, kernel: list[list[float]]) -> Tensor:
-    k = torch.tensor(kernel, device=gray.device, dtype=gray.dtype)[None, None]
-    # Replicate padding: a zero border would draw a false edge round every image.
-    return F.conv2d(F.pad(gray, (1, 1, 1, 1), mode="replicate"), k)
-
-
-def sobel(gray: Tensor) -> tuple[Tensor, Tensor]:
-    """Horizontal and vertical Sobel derivatives of ``[B, 1, H, W]`` (kernel normalised by 1/8)."""
-    gx = _filter(gray, [[-0.125, 0.0, 0.125], [-0.25, 0.0, 0.25], [-0.125, 0.0, 0.125]])
-    gy = _filter(gray, [[-0.125, -0.25, -0.125], [0.0, 0.0, 0.0], [0.125, 0.25, 0.125]])
-    return gx, gy
-
-
-def gradient_magnitude(gray: Tensor) -> Tensor:
-    gx, gy = sobel(gray)
-    return torch.sqrt(gx.square() + gy.square() + 1e-8)  # eps: finite gradient on flat areas
-
-
-def laplacian(gray: Tensor) -> Tensor:
-    return _filter(gray, [[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
-
-
-def chroma(rgb: Tensor) -> Tensor:
-    """HSV chroma (max - min of R, G, B): how saturated a pixel looks, ``[B, 1, H, W]``."""
-    return (rgb.amax(dim=1, keepdim=True) - rgb.amin(dim=1, keepdim=True))
-
-
-def shrink(image: Tensor, size: int) -> Tensor:
-    """Area-average down to at most ``size`` pixels on the long side (statistics need no more)."""
-    h, w = image.shape[-2:]
-    if max(h, w) <= size:
-        return image
-    scale = size / max(h, w)
-    return F.interpolate(image, size=(max(1, round(h * scale)), max(1, round(w * scale))), mode="area")
-
+from engines.origin.model.config import PREDICTION_TYPES
+from engines.origin.model.pixels import chroma, gradient_magnitude, laplacian, luminance, shrink, sobel, to_unit
 
 def per_sample_mean(x: Tensor) -> Tensor:
     return x.flatten(1).mean(dim=1)

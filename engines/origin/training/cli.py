@@ -21,7 +21,7 @@ from typing import Any
 from engines.errors import InvalidRequestError
 from engines.settings import MachineSettings
 
-# Test-only failures (trainer.FaultInjection) as JSON; an artist never sets this.
+# Test-only failures (request.FaultInjection) as JSON; an artist never sets this.
 FAULTS_ENV = "INKFRAME_TRAIN_FAULTS"
 
 
@@ -63,7 +63,7 @@ def _resolve_folder(value: str, under: Path, must_exist: bool) -> Path:
 
 
 def _faults() -> Any:
-    from engines.origin.trainer import FaultInjection
+    from engines.origin.training.request import FaultInjection
 
     text = os.environ.get(FAULTS_ENV, "")
     return FaultInjection(**json.loads(text)) if text else FaultInjection()
@@ -100,7 +100,7 @@ def run(args: argparse.Namespace, settings: MachineSettings) -> int:
     import logging
 
     from engines.context import build_engine_context
-    from engines.origin.config import OriginConfig
+    from engines.origin.model.config import OriginConfig
     from engines.progress import TqdmProgress, no_progress
 
     # accelerate logs every file of every checkpoint at INFO; main.log already says what matters.
@@ -108,7 +108,7 @@ def run(args: argparse.Namespace, settings: MachineSettings) -> int:
     ctx = build_engine_context(settings)
     run_dir = _resolve_folder(args.run, settings.paths.runs, must_exist=False)
     if not args.data and args.resume:
-        from engines.origin.checkpoints import find_latest
+        from engines.origin.model.checkpoints import find_latest
 
         latest = find_latest(run_dir)
         args.data = latest.meta.get("data") if latest is not None else None  # the dataset it was trained on
@@ -127,7 +127,7 @@ def run(args: argparse.Namespace, settings: MachineSettings) -> int:
     try:
         if args.stage == "sr":
             return _run_sr(args, data, run_dir, ctx, on_step, cancel, main_process)
-        from engines.origin.trainer import TrainRequest
+        from engines.origin.training.request import TrainRequest
 
         request = TrainRequest(
             data=data,
@@ -142,7 +142,7 @@ def run(args: argparse.Namespace, settings: MachineSettings) -> int:
         )
         if args.search is not None:
             return _run_search(request, args.search, ctx, on_step, cancel, main_process)
-        from engines.origin.trainer import train
+        from engines.origin.training.trainer import train
 
         result = train(request, ctx, on_step=on_step, cancel=cancel)
     finally:
@@ -158,7 +158,7 @@ def run(args: argparse.Namespace, settings: MachineSettings) -> int:
 
 
 def _run_search(request: Any, trials: int, ctx: Any, on_step: Any, cancel: Any, main_process: bool) -> int:
-    from engines.origin.search import run_search
+    from engines.origin.training.search import run_search
 
     result = run_search(request, trials, ctx, on_step=on_step, cancel=cancel)
     if main_process:
@@ -179,7 +179,7 @@ def _run_search(request: Any, trials: int, ctx: Any, on_step: Any, cancel: Any, 
 
 def _run_sr(args: argparse.Namespace, data: Path, run_dir: Path, ctx: Any, on_step: Any, cancel: Any,
             main_process: bool) -> int:
-    from engines.origin.sr_stage import (
+    from engines.origin.training.sr_stage import (
         DEFAULT_EPOCHS,
         DEFAULT_RESOLUTION,
         SrRequest,

@@ -1,4 +1,4 @@
-"""Writing and reading the trainer's checkpoints (the layout is ``checkpoints.py``'s).
+"""Writing and reading the trainer's checkpoints (the layout is ``model/checkpoints.py``'s).
 
     <ckpt>/training_state/   accelerate's save_state: optimizer, GradScaler, RNG states of every
                              process (python, numpy, torch, CUDA), the DataLoader's sampler, and the
@@ -20,8 +20,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Optional
 
-from engines.origin import checkpoints
-from engines.origin.config import OriginConfig
+from engines.origin.model import checkpoints
+from engines.origin.model.config import OriginConfig
 
 STATE_DIR = "training_state"
 

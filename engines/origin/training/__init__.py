@@ -1,0 +1,17 @@
+"""Training an Origin model: ``trainer.train(TrainRequest(data, run), ctx)``, and ``app.py train``.
+
+    request.py           TrainRequest, its checks, and the config a run resolves to
+    trainer.py           the Trainer: the numbered steps of a run, one method each
+    optimizer_step.py    one optimizer step: out-of-memory recovery, NaN guard, update, what it records
+    forward_backward.py  one step's arithmetic: the randomness it draws, its forward and backward passes
+    checkpointing.py     writing and reading the training state inside a checkpoint
+    data.py, cache.py    the artist's images as samples, and the two-tier tensor cache
+    losses.py            the diffusion loss (Min-SNR) and the art losses
+    lr_control.py        warm-up, cosine decay and the adaptive LR controller
+    run_logs.py          metrics.jsonl, TensorBoard and the four logs
+    samples.py           sample images during training
+    diagnosis.py         per-component health checks
+    search.py            ``--search N``: hyperparameter trials
+    sr_stage.py          ``--stage sr``: the super-resolution enhancer
+    cli.py               ``app.py train``
+"""
