@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -179,6 +180,17 @@ def test_run_folder_has_metrics_logs_samples_and_checkpoints(reference_run):
     assert json.loads((run / "config.json").read_text())["train"]["batch_size"] == 3
     config, state, info = checkpoints.load_for_inference(run)
     assert info.step == REFERENCE_STEPS and config.model.resolution == 32 and state
+
+
+def test_main_log_reports_each_epochs_cache_hits(workdir, dataset, ctx):
+    # Epoch 1 decodes every image, epoch 2 finds them all in the RAM tier: 0 % then 100 %
+    # (a run-wide figure would say 50 % after the second epoch).
+    config = small_config(batch_size=4, epochs=2, ram_cache_mb=16)
+    result = train(TrainRequest(data=dataset, run=workdir / "cache-per-epoch", config=config,
+                                write_checkpoints=False), ctx)
+    assert result.epochs == 2
+    log = (result.run / "logs" / "main.log").read_text()
+    assert re.findall(r"data cache (\d+) % hits \(RAM (\d+) %", log) == [("0", "0"), ("100", "100")]
 
 
 def test_nan_guard_skips_the_step(workdir, dataset, ctx, reference_run):

@@ -81,14 +81,26 @@ class CacheTally:
     """
 
     def __init__(self) -> None:
-        self.counts = CacheCounts()
+        self.counts = CacheCounts()  # the whole run (this process's part of it)
+        self.epoch = CacheCounts()  # since the current epoch began
 
     def add(self, sources: Iterable[str]) -> None:
         for source in sources:
             self.counts.add(source)
+            self.epoch.add(source)
 
     def stats(self) -> dict[str, float]:
         return self.counts.as_dict()
+
+    def end_epoch(self) -> dict[str, float]:
+        """The epoch's hit rates, and a fresh count for the next one.
+
+        Per epoch, because the cumulative rate hides what the artist wants to know: after the
+        first epoch every image should come from the cache (100 %), but a run-wide figure only
+        creeps towards it (50 % after two epochs, 67 % after three).
+        """
+        stats, self.epoch = self.epoch.as_dict(), CacheCounts()
+        return stats
 
 
 class TensorCache:

@@ -345,7 +345,7 @@ class Trainer:
         finite = [x for x in self.epoch_losses if math.isfinite(x)]
         mean = sum(finite) / len(finite) if finite else float("nan")
         self.logs.main.info("epoch %d/%d done in %.1f s: mean loss %.4f, data cache %s", p.epoch, t.epochs,
-                            seconds, mean, _cache_line(self.cache_tally.stats()))
+                            seconds, mean, _cache_line(self.cache_tally.end_epoch()))
         milestone = p.epoch in t.milestones
         due = p.epoch % t.checkpoint_every_epochs == 0 or p.epoch == t.epochs
         if self.request.write_checkpoints and (milestone or due):
