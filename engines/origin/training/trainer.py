@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Optional
 
@@ -91,6 +92,7 @@ class Trainer:
         self._skips_in_a_row = 0
         self._saved_at_step: Optional[int] = None
         self._early_notes: list[str] = []  # said in main.log once the logs are open
+        self._held = ExitStack()  # pool models this run keeps in use until it ends
 
     # -- the whole run ----------------------------------------------------------------------------
     def run(self) -> TrainResult:
@@ -114,6 +116,7 @@ class Trainer:
                     raise
             self._finish()  # 7.
         finally:
+            self._held.close()
             if hasattr(self, "logs"):
                 self.logs.close()
         p = self.progress
@@ -183,10 +186,10 @@ class Trainer:
         import torch
         from diffusers import DDPMScheduler
 
-        from engines.origin.training.losses import ArtLosses
         from engines.origin.model.network import OriginModel
-        from engines.origin.model.text_encoder import TextEncoder
+        from engines.origin.model.text_encoder import register_text_encoder
         from engines.origin.training.forward_backward import TextCache
+        from engines.origin.training.losses import ArtLosses
 
         # The same initial weights on every process and every run with this seed.
         with torch.random.fork_rng(devices=[]):
@@ -195,10 +198,10 @@ class Trainer:
         self.model.train()
         self.num_parameters = sum(p.numel() for p in self.model.parameters())
         m = self.config.model
-        self.text_encoder = TextEncoder(m.text_encoder or None, m.text_dim, m.max_text_tokens,
-                                        device=str(self.accelerator.device),
-                                        store=getattr(self.ctx, "models", None),
-                                        offline=bool(self.ctx.settings.offline))
+        # The process's one text encoder, from the pool (the training samples draw with it too),
+        # held for the whole run so that memory pressure never evicts it between two steps.
+        name = register_text_encoder(self.hardware, m, store=getattr(self.ctx, "models", None))
+        self.text_encoder = self._held.enter_context(self.hardware.use(name))
         self.text = TextCache(self.text_encoder)
         self.noise_scheduler = DDPMScheduler(num_train_timesteps=self.config.train.num_train_timesteps,
                                              prediction_type=m.prediction_type)
