@@ -40,21 +40,15 @@ def minilm_path() -> Path:
 def save_tiny_run(folder: Path, text_encoder: Path) -> Path:
     """A tiny random-weight Origin checkpoint whose config names the real text encoder."""
     import torch
-    from safetensors.torch import save_file
 
-    from engines.origin.model import checkpoints
+    from bench.synthetic_models import tiny_models
     from engines.origin.model.config import tiny_config
     from engines.origin.model.network import OriginModel
 
     config = tiny_config(RESOLUTION)
     config.model.text_encoder = str(text_encoder)
     torch.manual_seed(0)
-    state = {k: v.detach().contiguous() for k, v in OriginModel(config.model).state_dict().items()}
-    with checkpoints.atomic_checkpoint_dir(folder, "epoch-000001") as tmp:
-        save_file(state, str(tmp / "ema.safetensors"))
-        save_file(state, str(tmp / "model.safetensors"))
-        checkpoints.write_meta(tmp, epoch=1, step=1, config=config)
-    config.save(folder / "config.json")
+    tiny_models().save_origin_checkpoint(folder, OriginModel(config.model), config, step=1)
     return folder
 
 
@@ -66,7 +60,6 @@ def main(argv: list[str] | None = None) -> int:
     import tempfile
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import torch
 
     from engines.origin.generation.enhance import enhance
     from engines.origin.generation.sampler import (GenerateRequest, _denoise, _resolve, generate, load_model,

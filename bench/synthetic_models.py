@@ -50,7 +50,8 @@ _WIDTHS = {
 }
 
 
-def _tiny_models() -> Any:
+def tiny_models() -> Any:
+    """The test suite's ``tests/tiny_models.py`` module (tiny pipelines, tiny Origin checkpoints)."""
     tests = str(ROOT / "tests")
     if tests not in sys.path:
         sys.path.append(tests)  # appended, so nothing in tests/ shadows an installed module
@@ -61,9 +62,9 @@ def _tiny_models() -> Any:
 
 def build_pipeline(size: str, seed: int = 0) -> Any:
     """A seeded random-weight ``StableDiffusionPipeline`` of the given size, in fp32 on the CPU."""
-    tiny_models = _tiny_models()
+    tests_models = tiny_models()
     if size == "tiny":
-        return tiny_models.build_tiny_sd_pipeline(seed)
+        return tests_models.build_tiny_sd_pipeline(seed)
     if size not in _WIDTHS:
         raise ValueError(f"Unknown size '{size}': choose one of {', '.join(SIZES)}.")
     import torch
@@ -73,7 +74,7 @@ def build_pipeline(size: str, seed: int = 0) -> Any:
     w = _WIDTHS[size]
     # A local byte-level BPE tokenizer: real CLIP vocabularies cannot be fetched offline, and the
     # text encoder's embedding table keeps its real size (vocab) whatever ids the tokenizer emits.
-    tokenizer = tiny_models.build_tiny_clip_tokenizer()
+    tokenizer = tests_models.build_tiny_clip_tokenizer()
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
         sample_size=SPECS[size].image_px // 8, in_channels=4, out_channels=4,

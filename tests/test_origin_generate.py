@@ -12,11 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import save_file
 
 from engines.errors import Cancelled, CorruptModelError, InvalidRequestError
 from engines.hardware import HardwareManager
-from engines.origin.model import checkpoints
 from engines.origin.model.config import tiny_config
 from engines.origin.generation.enhance import EnhanceSettings, SuperResolution
 from engines.origin.model.network import OriginModel
@@ -24,20 +22,10 @@ from engines.origin.model.text_encoder import TextEncoder
 from engines.origin.generation.sampler import GenerateRequest, check, generate, read_png_parameters
 from engines.progress import CancelToken
 from engines.settings import MachineSettings
+from tiny_models import save_origin_checkpoint as save_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 RES = 32
-
-
-def save_checkpoint(run: Path, model: torch.nn.Module, config, name: str = "epoch-000001", step: int = 12) -> Path:
-    """A checkpoint the way the trainer writes it: weights, EMA weights, meta.json last, atomically."""
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    with checkpoints.atomic_checkpoint_dir(run, name) as folder:
-        save_file(state, str(folder / "model.safetensors"))
-        save_file(state, str(folder / "ema.safetensors"))
-        checkpoints.write_meta(folder, epoch=1, step=step, config=config)
-    config.save(run / "config.json")
-    return run / "checkpoints" / name
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +140,7 @@ def test_the_text_encoder_loads_once_per_process_and_comes_back_after_eviction(
     monkeypatch.setattr(TextEncoder, "_load_model", counted)
     first = generate(request(run, tmp_path / "a.png"), hardware)
     second = generate(request(run, tmp_path / "b.png", prompt="a cat on a rooftop"), hardware)
-    assert loads == [str(minilm)]  # the second generation found it in the pool
+    assert loads == [str(minilm)] and second.path.is_file()  # the second generation found it in the pool
     assert first.parameters["text_encoder"] == str(minilm)
     (name,) = [n for n in hardware.pool.names() if n.startswith("text-encoder:")]
     (record,) = [r for r in hardware.pool.snapshot() if r.name == name]

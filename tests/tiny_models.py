@@ -272,3 +272,49 @@ def save_tiny_sd_single_file(path: Path, seed: int = 0) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in state.items()}, str(path))
     return path
+
+
+# --- a tiny sentence-transformers text encoder -------------------------------------------------------
+TINY_TEXT_WORDS = ("manga", "girl", "forest", "background", "cat", "rooftop", "night", "ink", "a", "on", "at", ",")
+
+
+def save_tiny_sentence_transformer(folder: Path, seed: int = 0) -> Path:
+    """A 2-layer, 32-wide BERT sentence-transformers model with a word-piece vocabulary written locally.
+
+    The same kind of model as the studio's real caption encoder (token embeddings + mean pooling),
+    small enough to build in a second; the real all-MiniLM-L6-v2 is 88 MB.
+    """
+    import torch
+    from sentence_transformers import SentenceTransformer, models
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    folder = Path(folder)
+    bert = folder / "bert"
+    bert.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *TINY_TEXT_WORDS, *"abcdefghijklmnopqrstuvwxyz"]
+    (bert / "vocab.txt").write_text("\n".join(dict.fromkeys(vocab)) + "\n", encoding="utf-8")
+    BertTokenizer(str(bert / "vocab.txt")).save_pretrained(str(bert))
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=len(dict.fromkeys(vocab)), hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
+    BertModel(config).save_pretrained(str(bert))
+    words = models.Transformer(str(bert), max_seq_length=32)
+    model = SentenceTransformer(modules=[words, models.Pooling(words.get_embedding_dimension())], device="cpu")
+    model.save(str(folder / "encoder"))
+    return folder / "encoder"
+
+
+# --- a tiny Origin checkpoint ---------------------------------------------------------------------------
+def save_origin_checkpoint(run: Path, model, config, name: str = "epoch-000001", step: int = 12) -> Path:
+    """A checkpoint the way the trainer writes it: weights, EMA weights, meta.json last, atomically."""
+    from safetensors.torch import save_file
+
+    from engines.origin.model import checkpoints
+
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    with checkpoints.atomic_checkpoint_dir(run, name) as folder:
+        save_file(state, str(folder / "model.safetensors"))
+        save_file(state, str(folder / "ema.safetensors"))
+        checkpoints.write_meta(folder, epoch=1, step=step, config=config)
+    config.save(run / "config.json")
+    return run / "checkpoints" / name
