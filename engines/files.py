@@ -1,9 +1,12 @@
-"""Writing a file so that a crash or a power cut leaves the old version or the new one, never half."""
+"""Files on disk: writing one so that a crash or a power cut leaves the old version or the new one,
+never half, and noticing when a file was replaced behind the studio's back."""
 
 from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -29,3 +32,43 @@ def atomic_write(path: Path, write: Callable[[Path], None], *, durable: bool = T
 
 def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> None:
     atomic_write(path, lambda tmp: tmp.write_bytes(data), durable=durable)
+
+
+def _file_state(path: Path) -> tuple[int, int, int] | None:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_size, info.st_mtime_ns, info.st_ino
+
+
+@dataclass(frozen=True)
+class FileStamp:
+    """What some files looked like on disk (size, mtime, inode), to notice when one is replaced.
+
+    One ``stat`` per file and no reading, so it is cheap enough to check on every use: writing
+    over a file changes its mtime, and a new file renamed over it (a download, a copy tool,
+    ``atomic_write``) changes its inode. A content hash would also catch a same-size rewrite
+    within one tick of the file system's clock, but costs reading gigabytes per check.
+    """
+
+    paths: tuple[Path, ...]
+    states: tuple[tuple[int, int, int] | None, ...]  # (size, mtime_ns, inode) per path; None: missing
+
+    @classmethod
+    def of(cls, paths: Iterable[Path | str]) -> FileStamp:
+        found = tuple(Path(p) for p in paths)
+        return cls(found, tuple(_file_state(p) for p in found))
+
+    def changed(self) -> bool:
+        """True when any file differs from when the stamp was taken (or appeared or vanished)."""
+        return any(_file_state(p) != state for p, state in zip(self.paths, self.states))
+
+    def again(self) -> FileStamp:
+        """A fresh stamp of the same files."""
+        return FileStamp.of(self.paths)
+
+    @property
+    def missing(self) -> tuple[Path, ...]:
+        """The files that did not exist when the stamp was taken."""
+        return tuple(p for p, state in zip(self.paths, self.states) if state is None)

@@ -439,3 +439,102 @@ def test_a_folder_of_the_wrong_kind_fails_clearly(tiny_sd_dir: Path, tmp_path: P
     (garbled / "model_index.json").write_text("{ not json")
     with pytest.raises(CorruptModelError, match="could not be loaded"):
         store.load_pipeline(str(garbled))
+
+
+# --- weights in memory, not mapped from their files ---------------------------------------------------
+
+
+def mapped_paths(folder: Path) -> set[str]:
+    """Files under ``folder`` that this process has memory-mapped (Linux), an empty set elsewhere."""
+    maps = Path("/proc/self/maps")
+    if not maps.is_file():
+        return set()
+    return {line.split(maxsplit=5)[5].strip() for line in maps.read_text().splitlines()
+            if len(line.split(maxsplit=5)) == 6 and str(folder) in line}
+
+
+def test_every_loading_path_returns_weights_in_memory_not_mapped_from_the_file(
+    tiny_sd_dir: Path, tiny_sd_single_file: Path, models_dir: Path, reference_image
+) -> None:
+    import gc
+
+    import torch
+    from diffusers import DiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    from engines.models.residency import file_mapped_bytes
+
+    # diffusers alone maps the safetensors files: the measurement sees a mapping when there is one.
+    mapped = DiffusionPipeline.from_pretrained(str(tiny_sd_dir), local_files_only=True)
+    assert file_mapped_bytes(mapped) > 0
+    del mapped
+    gc.collect()
+
+    store = ModelStore(models_dir, offline=True)
+    pipe = store.load_pipeline(str(tiny_sd_dir))
+    single = store.load_pipeline(str(tiny_sd_single_file), config=str(tiny_sd_dir))
+    unet = store.load_model(str(tiny_sd_dir), UNet2DConditionModel, subfolder="unet")
+    text_encoder = store.load_model(str(tiny_sd_dir), CLIPTextModel, subfolder="text_encoder")
+    state = store.load_state_dict(tiny_sd_single_file)
+    for loaded in (pipe, single, unet, text_encoder, state):
+        assert file_mapped_bytes(loaded) == 0
+    gc.collect()
+    # Nothing keeps the files mapped, so Windows would let the artist replace or delete them.
+    assert mapped_paths(tiny_sd_dir) == set() and mapped_paths(tiny_sd_single_file) == set()
+    # Same pixels, and the weights stay ordinary trainable parameters.
+    np.testing.assert_allclose(run_tiny_pipeline(pipe), reference_image, atol=1e-6)
+    assert all(p.requires_grad and p.dtype == torch.float32 for p in unet.parameters())
+
+
+def test_a_sentence_transformer_loads_into_memory(tmp_path: Path, models_dir: Path) -> None:
+    from sentence_transformers import SentenceTransformer
+    from tiny_models import save_tiny_sentence_transformer
+
+    from engines.models.residency import file_mapped_bytes
+
+    folder = save_tiny_sentence_transformer(tmp_path / "text", seed=0)
+    encoder = ModelStore(models_dir, offline=True).load_model(str(folder), SentenceTransformer, device="cpu")
+    assert file_mapped_bytes(encoder) == 0
+    assert encoder.encode(["ink manga"]).shape == (1, 32)
+
+
+def test_read_into_memory_keeps_ties_views_and_requires_grad(tmp_path: Path) -> None:
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from engines.models.residency import file_mapped_bytes, read_into_memory
+
+    save_file({"w": torch.randn(4, 4), "v": torch.arange(8.0)}, tmp_path / "t.safetensors")
+    state = load_file(tmp_path / "t.safetensors")
+    model = torch.nn.Module()
+    model.a, model.b = torch.nn.Linear(4, 4), torch.nn.Linear(4, 4, bias=False)
+    model.a.weight.data = state["w"]
+    model.b.weight = model.a.weight  # tied, as language models tie their embeddings
+    model.frozen = torch.nn.Parameter(state["v"], requires_grad=False)
+    model.register_buffer("window", state["v"][2:6])  # a view into the same storage
+    weight = model.a.weight
+    assert file_mapped_bytes(model) > 0
+
+    assert read_into_memory(model) == 4 * 4 * 4 + 8 * 4
+    assert file_mapped_bytes(model) == 0
+    assert model.a.weight is weight and model.b.weight is weight and weight.requires_grad
+    assert not model.frozen.requires_grad and torch.equal(model.window, torch.arange(2.0, 6.0))
+    model.frozen.data[3] = 42.0
+    assert model.window[1] == 42.0  # still one storage
+
+
+def test_files_for_names_what_a_reference_loads_from(
+    tiny_sd_dir: Path, tiny_sd_single_file: Path, tmp_path: Path
+) -> None:
+    folder = shutil.copytree(tiny_sd_dir, tmp_path / "models" / "tiny-sd")
+    (folder / ".cache" / "huggingface").mkdir(parents=True)
+    (folder / ".cache" / "huggingface" / "unet.metadata.json").write_text("{}")
+    store = ModelStore(tmp_path / "models", offline=True)
+
+    files = store.files_for("tiny-sd")
+    names = {p.relative_to(folder).as_posix() for p in files}
+    assert {"model_index.json", "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
+            "text_encoder/model.safetensors", "vae/diffusion_pytorch_model.safetensors"} <= names
+    assert not any(name.startswith(".cache") for name in names)
+    assert store.files_for(str(tiny_sd_single_file)) == [tiny_sd_single_file.resolve()]
+    assert ModelStore(tmp_path / "empty", offline=True).files_for("owner/not-downloaded") == []

@@ -1,14 +1,21 @@
-"""The model pool: LRU eviction to CPU RAM and then out, shared components, explicit unload."""
+"""The model pool: LRU eviction to CPU RAM and then out, shared components, explicit unload,
+honest byte counts and model files replaced on disk while loaded."""
 
 from __future__ import annotations
 
 import gc
+import logging
+import os
+import shutil
+import time
 import weakref
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from engines.errors import ModelNotFoundError, OutOfMemoryError
+from engines.errors import CorruptModelError, ModelNotFoundError, OutOfMemoryError
+from engines.files import FileStamp, atomic_write_bytes
 from engines.hardware import HardwareManager
 from engines.models import ModelStore
 from engines.settings import MachineSettings
@@ -135,3 +142,136 @@ def test_offload_button_and_unload_all(tmp_path, store, tiny_sd_dir):
     reports = hw.unload_all()
     assert sorted(r.name for r in reports) == ["a", "b"] and all(r.released for r in reports)
     assert hw.pool.names() == []
+
+
+# --- honest counts, and model files replaced while the studio runs -------------------------------------
+
+UNET_WEIGHTS = "unet/diffusion_pytorch_model.safetensors"
+
+
+@pytest.fixture
+def own_copy(tiny_sd_dir, tmp_path) -> Path:
+    """A copy of the tiny pipeline that a test may overwrite."""
+    return shutil.copytree(tiny_sd_dir, tmp_path / "models" / "tiny-sd")
+
+
+def register_watched(hw, store, name, folder, *, with_loader=True):
+    """Register a pipeline the way the studio does: loaded through the store, its files watched."""
+    def loader():
+        return store.load_pipeline(str(folder))
+
+    return hw.register(name, loader(), loader=loader if with_loader else None, files=store.files_for(str(folder)))
+
+
+def scaled_weights(path: Path, factor: float) -> bytes:
+    """The same safetensors file with every weight multiplied: same size, other numbers."""
+    from safetensors.torch import load_file, save
+
+    return save({key: tensor * factor for key, tensor in load_file(path).items()})
+
+
+def test_the_pool_counts_bytes_that_are_really_in_memory(tmp_path, store, tiny_sd_dir):
+    from engines.models.residency import file_mapped_bytes
+
+    pipe = store.load_pipeline(str(tiny_sd_dir))
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage()
+                for m in components_of(pipe).values() for t in (*m.parameters(), *m.buffers())}
+    allocated = sum(s.nbytes() for s in storages.values() if s.resizable())  # torch's own memory
+    hw = make_hw(tmp_path, device_budget=2**30, host_budget=2**30)
+    hw.register("panel", pipe)
+    assert file_mapped_bytes(pipe) == 0
+    assert hw.pool.device_bytes() + hw.pool.host_bytes() == allocated == pipeline_bytes(pipe)
+
+
+@pytest.mark.parametrize("how", ["in place", "by rename"])
+def test_a_model_file_replaced_while_loaded_is_reloaded_on_next_use(tmp_path, store, own_copy, how):
+    import torch
+
+    from engines.models.residency import file_mapped_bytes
+
+    hw = make_hw(tmp_path, device_budget=2**30, host_budget=2**30)
+    old = register_watched(hw, store, "panel", own_copy)
+    before = old.unet.conv_in.weight.detach().clone()
+    assert file_mapped_bytes(old) == 0  # else the in-place case below would kill the process (SIGBUS)
+    weights = own_copy / UNET_WEIGHTS
+    new_file = scaled_weights(weights, 2.0)
+    if how == "in place":  # a copy tool writing over the file
+        with open(weights, "r+b") as handle:
+            handle.truncate(0)
+            run_tiny_pipeline(old)  # a job still running on the loaded copy
+            handle.write(new_file)
+    else:  # a download renamed over it
+        atomic_write_bytes(weights, new_file)
+        run_tiny_pipeline(old)
+
+    with hw.use("panel") as pipe:
+        assert pipe is not old
+        torch.testing.assert_close(pipe.unet.conv_in.weight, before * 2)
+        run_tiny_pipeline(pipe)
+    assert "panel changed on disk; reloaded" in hw.events
+    with hw.use("panel") as again:  # the new file is the known one now
+        assert again is pipe
+    assert hw.events.count("panel changed on disk; reloaded") == 1
+
+
+def test_a_file_caught_half_written_fails_clearly_and_loads_once_whole(tmp_path, store, own_copy):
+    hw = make_hw(tmp_path, device_budget=2**30, host_budget=2**30)
+    register_watched(hw, store, "panel", own_copy)
+    weights = own_copy / UNET_WEIGHTS
+    whole = weights.read_bytes()
+    weights.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(CorruptModelError, match="is truncated"):
+        with hw.use("panel"):
+            pass
+    weights.write_bytes(whole)
+    with hw.use("panel") as pipe:
+        run_tiny_pipeline(pipe)
+
+
+def test_without_a_loader_the_loaded_copy_stays_and_one_warning_is_logged(tmp_path, store, own_copy, caplog):
+    hw = make_hw(tmp_path, device_budget=2**30, host_budget=2**30)
+    pipe = register_watched(hw, store, "panel", own_copy, with_loader=False)
+    weights = own_copy / UNET_WEIGHTS
+    atomic_write_bytes(weights, scaled_weights(weights, 2.0))
+    with caplog.at_level(logging.WARNING, logger="engines.hardware.pool"):
+        for _ in range(2):
+            with hw.use("panel") as used:
+                assert used is pipe
+    assert sum("changed on disk" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_a_deleted_model_file_keeps_the_loaded_copy(tmp_path, store, own_copy):
+    hw = make_hw(tmp_path, device_budget=2**30, host_budget=2**30)
+    pipe = register_watched(hw, store, "panel", own_copy)
+    (own_copy / UNET_WEIGHTS).unlink()  # mid-replacement, or the artist tidying up
+    with hw.use("panel") as used:
+        assert used is pipe
+        run_tiny_pipeline(used)
+    assert not any("changed on disk" in event for event in hw.events)
+
+
+def test_file_stamp_notices_rewrites_renames_and_deletions(tmp_path):
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    a.write_bytes(b"1234")
+    b.write_bytes(b"5678")
+    minute_ago = time.time_ns() - 60 * 10**9
+    for path in (a, b):
+        os.utime(path, ns=(minute_ago, minute_ago))  # saved a while ago, as models are
+    stamp = FileStamp.of([a, str(b)])
+    assert not stamp.changed() and stamp.again() == stamp and stamp.missing == ()
+
+    with open(a, "r+b") as handle:  # same size, written in place
+        handle.write(b"9999")
+    assert stamp.changed()
+    stamp = stamp.again()
+    other = tmp_path / "download.tmp"
+    other.write_bytes(b"5678")
+    os.utime(other, ns=(minute_ago, minute_ago))
+    os.replace(other, b)  # same size and time, another file
+    assert stamp.changed()
+    stamp = stamp.again()
+    b.unlink()
+    assert stamp.changed() and stamp.again().missing == (b,)
+    gone = stamp.again()
+    b.write_bytes(b"back")
+    assert gone.changed() and not gone.again().changed()

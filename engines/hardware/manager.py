@@ -14,7 +14,8 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Iterator, Optional, TypeVar
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Optional, TypeVar, Union
 
 from engines.hardware.devices import DeviceChoice, PrecisionChoice, select_device, select_precision, torch_dtype
 from engines.errors import OutOfMemoryError, is_torch_oom
@@ -195,14 +196,19 @@ class HardwareManager:
         loader: Optional[Callable[[], Any]] = None,
         policy: MemoryPolicy = MemoryPolicy(),
         activate: bool = True,
+        files: Iterable[Union[Path, str]] = (),
     ) -> Any:
-        """Add a loaded model/pipeline under ``name``; ``loader`` brings it back after eviction."""
+        """Add a loaded model/pipeline under ``name``; ``loader`` brings it back after eviction.
+
+        ``files`` (``ModelStore.files_for(ref)``) are watched: when one is replaced on disk, the
+        next ``use`` reloads the model through ``loader``.
+        """
         accelerator = self.device.is_accelerator
 
         def plan_for(sizes: dict[str, int], budget: int):
             return plan_placement(sizes, budget, policy, accelerator)
 
-        return self.pool.add(name, obj, loader=loader, plan_for=plan_for, activate=activate)
+        return self.pool.add(name, obj, loader=loader, plan_for=plan_for, activate=activate, files=files)
 
     def use(self, name: str):
         """``with hw.use(name) as pipe:`` activates a model and pins it for the job's duration."""

@@ -6,6 +6,11 @@ recently used models to the host tier first, because bringing them back from RAM
 of magnitude faster than from disk; when the host tier is full too, the oldest go out of memory
 entirely and come back through their loader. Components shared between pipelines (diffusers'
 ``from_pipe``) are the same objects, so they are counted, moved and freed once.
+
+A model registered with the files it was loaded from is checked on each activation (one ``stat``
+per file): when one was replaced on disk, the stale copy is released and the loader reads the new
+one. The store reads weights into memory (engines/models/residency.py), so the stale copy is
+still whole and safe to use until then.
 """
 
 from __future__ import annotations
@@ -17,9 +22,11 @@ import time
 import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Optional
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 from engines.errors import ModelNotFoundError, OutOfMemoryError
+from engines.files import FileStamp
 from engines.hardware.placement import ModuleMover, Placement, PlacementPlan, components_of, module_bytes
 
 log = logging.getLogger(__name__)
@@ -39,6 +46,7 @@ class PoolEntry:
     in_use: int = 0
     sizes: dict[str, int] = field(default_factory=dict)  # component name -> bytes
     module_ids: dict[str, int] = field(default_factory=dict)  # component name -> id(module)
+    stamp: Optional[FileStamp] = None  # the files it was loaded from, as they were then
 
     @property
     def total_bytes(self) -> int:
@@ -128,12 +136,18 @@ class ModelPool:
         loader: Optional[Callable[[], Any]] = None,
         plan_for: Optional[Callable[[dict[str, int], int], PlacementPlan]] = None,
         activate: bool = True,
+        files: Iterable[Path | str] = (),
     ) -> Any:
-        """Register a loaded model or pipeline (it starts in CPU RAM) and, by default, activate it."""
+        """Register a loaded model or pipeline (it starts in CPU RAM) and, by default, activate it.
+
+        ``files`` are the files it was loaded from; when one changes on disk, the next activation
+        reloads it through ``loader`` (or, without one, keeps the loaded copy and warns).
+        """
         with self._lock:
             if name in self._entries and self._entries[name].tier != UNLOADED:
                 self.unload(name)
-            entry = PoolEntry(name, obj, loader, plan_for or _whole)
+            files = tuple(files)
+            entry = PoolEntry(name, obj, loader, plan_for or _whole, stamp=FileStamp.of(files) if files else None)
             self._entries[name] = entry
             self._attach(entry, obj)
             self._on_event(f"registered {name} ({entry.total_bytes / 2**20:.1f} MiB)")
@@ -176,11 +190,20 @@ class ModelPool:
             entry = self._entries.get(name)
             if entry is None:
                 raise ModelNotFoundError(f"No model named '{name}' has been loaded in this session.")
+            changed = self._changed_on_disk(entry)
+            if changed:
+                self._release(entry)
             if entry.tier == UNLOADED:
                 if entry.loader is None:
                     raise ModelNotFoundError(f"Model '{name}' was unloaded and has no loader to bring it back.")
-                self._on_event(f"reloading {name} from disk")
+                if not changed:
+                    self._on_event(f"reloading {name} from disk")
+                # Stamped before reading, so a file replaced during the load is noticed next time.
+                stamp = entry.stamp.again() if entry.stamp else None
                 self._attach(entry, entry.loader())
+                entry.stamp = stamp
+                if changed:
+                    self._on_event(f"{name} changed on disk; reloaded")
             entry.last_used = time.monotonic()
             if entry.tier == DEVICE:
                 return entry.obj
@@ -196,6 +219,19 @@ class ModelPool:
             self._on_event(f"activated {name} ({entry.plan.placement.value})")
             self._fit_host(protect=None)
             return entry.obj
+
+    def _changed_on_disk(self, entry: PoolEntry) -> bool:
+        """True when a loaded entry's files were replaced and it should be reloaded now."""
+        if entry.stamp is None or entry.tier == UNLOADED or entry.in_use or not entry.stamp.changed():
+            return False
+        now = entry.stamp.again()
+        if entry.loader is None:
+            entry.stamp = now  # warn once per change, not on every use
+            log.warning("%s changed on disk; keeping the copy loaded before (no loader to reload it)", entry.name)
+            return False
+        # A file deleted and not yet written back is a replacement in progress: the loaded copy is
+        # whole, so keep it and look again next time.
+        return not set(now.missing) - set(entry.stamp.missing)
 
     def _needed_on_device(self, entry: PoolEntry, plan: PlacementPlan) -> int:
         if plan.placement != Placement.WHOLE:

@@ -2,6 +2,7 @@
 
     store.py   ModelStore: resolve an id, a folder or a single file; download; load pipelines and models
     files.py   which files to download, whether a file or folder is whole, one-sentence load errors
+    residency.py   weights copied out of their memory-mapped files, and how many bytes still are mapped
 
 ``from engines.models import ModelStore``. Nothing heavy is imported with this package.
 """

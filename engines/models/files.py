@@ -1,6 +1,6 @@
 """The file-level helpers behind the model store (engines/models/store.py): which files of a Hub repo to download,
-whether a model folder or .safetensors file is whole, turning loader and network failures into one sentence,
-the download progress bar, and a checkpoint's keys read lazily.
+whether a model folder or .safetensors file is whole, which files a folder is loaded from, turning loader and
+network failures into one sentence, the download progress bar, and a checkpoint's keys read lazily.
 
 Callers import from ``engines.models``, which exports what they need. Nothing heavy is imported at
 module level: huggingface_hub and safetensors are imported inside the functions that need them.
@@ -32,6 +32,7 @@ _MEDIA_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".mp4", ".webm", ".
 # Other runtimes' copies of the same weights (e.g. the sentence-transformers repos ship all of these).
 _OTHER_RUNTIME_FOLDERS = {"onnx", "openvino", "coreml", "flax", "tf", "tensorflow"}
 _VARIANTS = {"fp16", "bf16", "fp32", "ema", "non_ema", "non-ema"}
+_LOADED_SUFFIXES = CHECKPOINT_SUFFIXES + (".json",)
 
 
 # --- which files to download -----------------------------------------------------------------------
@@ -83,6 +84,19 @@ def is_complete(folder: Path) -> bool:
         return False
     return any((folder / name).is_file() for name in CONFIG_FILES) or any(
         p.suffix.lower() in CHECKPOINT_SUFFIXES for p in folder.iterdir() if p.is_file()
+    )
+
+
+def folder_model_files(folder: Path) -> list[Path]:
+    """The weight and config files a model folder is loaded from.
+
+    Hidden folders are left out: huggingface_hub keeps download metadata in ``.cache`` and the
+    store its refs in ``.hub-cache``, and neither is part of the model.
+    """
+    return sorted(
+        path for path in folder.rglob("*")
+        if path.suffix.lower() in _LOADED_SUFFIXES and path.is_file()
+        and not any(part.startswith(".") for part in path.relative_to(folder).parts[:-1])
     )
 
 

@@ -4,7 +4,10 @@ A reference is what the artist types: a Hugging Face id (``owner/name``), a diff
 single ``.safetensors`` checkpoint, given as a path or as a name under the models folder. Hub ids
 download into ``<models>/<owner>--<name>`` with huggingface_hub, so the artist can also put a
 folder there by hand. Weights load only from safetensors or through ``torch.load(weights_only=True)``:
-a checkpoint from the internet never gets to run code. Nothing heavy is imported at module level.
+a checkpoint from the internet never gets to run code. Loaded weights are copied out of their
+memory-mapped files into ordinary memory (``engines.models.residency`` says why), so a model file
+can be replaced while the studio runs; ``files_for(ref)`` names the files to watch for that.
+Nothing heavy is imported at module level.
 
 The file-level helpers (which files to download, safetensors checks, error sentences) live in
 ``engines.models.files``; the package exports what callers need (``from engines.models import ModelStore``).
@@ -34,12 +37,14 @@ from engines.models.files import (
     LazyCheckpoint,
     check_safetensors_file,
     choose_download_files,
+    folder_model_files,
     is_complete,
     load_errors,
     network_errors,
     progress_bar_class,
     short_error,
 )
+from engines.models.residency import read_into_memory
 from engines.progress import CancelToken, OnStep, no_progress
 
 KNOWN_MODELS_FILE = Path(__file__).resolve().parents[2] / "assets" / "known_models.json"
@@ -253,7 +258,8 @@ class ModelStore:
 
         A single file is built with ``from_single_file`` and ``config=`` a local diffusers folder of
         its base model (``kwargs["config"]``, or the base diffusers infers from its keys, found in
-        the models folder), so that diffusers never reaches for the network on its own.
+        the models folder), so that diffusers never reaches for the network on its own. The weights
+        come back read into memory, not mapped from their files.
         """
         source = self._local(ref)
         if source.kind == "single_file":
@@ -265,9 +271,9 @@ class ModelStore:
             config = self._single_file_config(source.path, kwargs.pop("config", None))
             cls = pipeline_cls or diffusers.StableDiffusionPipeline
             with load_errors(ref, source.path):
-                return cls.from_single_file(
-                    str(source.path), config=str(config), local_files_only=True, **kwargs
-                )
+                pipe = cls.from_single_file(str(source.path), config=str(config), local_files_only=True, **kwargs)
+            read_into_memory(pipe)
+            return pipe
         import diffusers
 
         cls = pipeline_cls or diffusers.DiffusionPipeline
@@ -276,9 +282,9 @@ class ModelStore:
             kwargs["dtype"] = torch_dtype
         with load_errors(ref, source.path):
             safe = self._check_folder(source.path)
-            return cls.from_pretrained(
-                str(source.path), use_safetensors=safe, local_files_only=True, **kwargs
-            )
+            pipe = cls.from_pretrained(str(source.path), use_safetensors=safe, local_files_only=True, **kwargs)
+        read_into_memory(pipe)
+        return pipe
 
     def load_model(
         self,
@@ -292,6 +298,7 @@ class ModelStore:
         """One model (UNet, ControlNet, MotionAdapter, a transformers model...) from a folder or file.
 
         Classes without ``from_pretrained`` (sentence-transformers) are called with the local path.
+        The weights come back read into memory, not mapped from their files.
         """
         source = self._local(ref)
         if torch_dtype is not None:
@@ -309,13 +316,17 @@ class ModelStore:
                         "use its diffusers folder."
                     )
                 self._check_file(source.path)
-                return model_cls.from_single_file(str(source.path), local_files_only=True, **kwargs)
-            safe = self._check_folder(source.path)
-            if not hasattr(model_cls, "from_pretrained"):
-                return model_cls(str(source.path), **kwargs)
-            return model_cls.from_pretrained(
-                str(source.path), use_safetensors=safe, local_files_only=True, **kwargs
-            )
+                model = model_cls.from_single_file(str(source.path), local_files_only=True, **kwargs)
+            else:
+                safe = self._check_folder(source.path)
+                if not hasattr(model_cls, "from_pretrained"):
+                    model = model_cls(str(source.path), **kwargs)
+                else:
+                    model = model_cls.from_pretrained(
+                        str(source.path), use_safetensors=safe, local_files_only=True, **kwargs
+                    )
+        read_into_memory(model)
+        return model
 
     def load_state_dict(self, path: Path) -> dict[str, Any]:
         """The tensors of one checkpoint file, read safely (nested ``state_dict`` unwrapped)."""
@@ -346,7 +357,16 @@ class ModelStore:
         )
         if not tensors:
             raise CorruptModelError(f"'{path.name}' holds no weights: download it again or replace {path}.")
+        read_into_memory(tensors)
         return tensors
+
+    def files_for(self, ref: str) -> list[Path]:
+        """The files loading ``ref`` reads, to notice when one is replaced (``FileStamp``); no network."""
+        source = self.resolve(ref)
+        if source.path is None:
+            return []
+        source = self._local_source(ref, source.path, source.repo_id)
+        return [source.path] if source.kind == "single_file" else folder_model_files(source.path)
 
     def _local(self, ref: str) -> ModelSource:
         """Resolve, download if needed, and classify the local path as a folder or a single file."""
