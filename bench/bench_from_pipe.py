@@ -44,8 +44,6 @@ def main(argv: list[str] | None = None) -> int:
             return lambda: store.load_pipeline(str(folder), cls, torch_dtype=dtype)
 
         base = load(StableDiffusionPipeline)()
-        if not cuda:
-            harness.touch_weights(base)  # resident, as a pipeline that has been used is
         size = harness.pipeline_bytes(base)
         # Room for the base and a separately loaded img2img copy, so the baseline pays for its
         # load, not for an eviction the shared pipeline never needs.
@@ -74,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
 
         switch("img2img")  # untimed warm-up
         switch("txt2img")
-        switches, colds, touches, switch_peak, cold_peak = [], [], [], [], []
+        switches, colds, switch_peak, cold_peak = [], [], [], []
         cold_device_bytes = 0
         for i in range(runs):
             for name in ("img2img", "txt2img"):
@@ -90,8 +88,6 @@ def main(argv: list[str] | None = None) -> int:
                     lambda: _cold_register(hw, load(StableDiffusionImg2ImgPipeline)), cuda=cuda)
             colds.append(seconds)
             cold_peak.append(p["bytes"])
-            if not cuda:  # memory-mapped weights are read on first use (see bench_pool_swap.py)
-                touches.append(harness.timed(lambda: harness.touch_weights(cold_pipe))[0])
             del cold_pipe
             cold_device_bytes = hw.pool.device_bytes()
             hw.unload("img2img-cold")  # untimed
@@ -106,8 +102,6 @@ def main(argv: list[str] | None = None) -> int:
         cache = "page cache dropped" if args.drop_page_cache else "files in the page cache"
         cold_row = report.add("cold: load img2img from disk + register", colds,
                               peak_vram=harness.max_known(cold_peak), note=cache)
-        if touches:
-            report.add("  then first use: read every weight page", touches, note="not in the ratio")
         report.note(f"Pool memory with both pipelines: {size / 2**20:,.1f} MiB shared through from_pipe, "
                     f"{cold_device_bytes / 2**20:,.1f} MiB with img2img loaded separately.")
         if not cuda:

@@ -266,22 +266,3 @@ def in_fresh_thread(fn: Callable[[], T]) -> T:
     if "error" in box:
         raise box["error"]
     return box["result"]
-
-
-def touch_weights(pipe: Any) -> None:
-    """Read one value from every page of every weight, so memory-mapped weights are really in RAM.
-
-    ``from_pretrained`` maps safetensors files instead of reading them: a load returns with the
-    weights still on disk (or in the page cache) and the first generation pays for reading them.
-    A cold load on the CPU is only comparable once that deferred read is included.
-    """
-    import torch
-
-    from engines.hardware.placement import components_of
-
-    with torch.no_grad():
-        for module in components_of(pipe).values():
-            for tensor in list(module.parameters()) + list(module.buffers()):
-                if tensor.numel():
-                    flat = tensor.detach().reshape(-1)
-                    flat[:: max(1, 4096 // tensor.element_size())].sum()
