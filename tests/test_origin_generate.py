@@ -150,6 +150,30 @@ def test_the_text_encoder_loads_once_per_process_and_comes_back_after_eviction(
     assert loads == [str(minilm)] * 2 and again.image.tobytes() == first.image.tobytes()
 
 
+def test_a_checkpoint_rewritten_in_place_is_reloaded_on_the_next_generation(run_dir: Path, tmp_path: Path,
+                                                                            hardware) -> None:
+    from safetensors.torch import save_file
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    generate(request(run, tmp_path / "a.png"), hardware)
+    torch.manual_seed(1)  # another model of the same shape: what retraining the checkpoint writes
+    config = tiny_config(resolution=RES)
+    config.model.text_encoder = ""
+    changed = {k: v.detach().contiguous() for k, v in OriginModel(config.model).state_dict().items()}
+    weights = run / "checkpoints" / "epoch-000001" / "ema.safetensors"
+    with open(weights, "r+b") as handle:  # in place, as a copy over the old file does: same inode
+        handle.truncate(0)
+    save_file(changed, str(weights))
+    again = generate(request(run, tmp_path / "b.png"), hardware)
+    assert again.path.is_file()
+    assert any(event.endswith("changed on disk; reloaded") for event in hardware.events)
+    (name,) = [n for n in hardware.pool.names() if n.startswith("origin:")]
+    with hardware.use(name) as model:
+        drawn_with = model.state_dict()
+    assert all(torch.equal(drawn_with[k], changed[k]) for k in changed)
+
+
 @pytest.mark.parametrize("sampler", ["ddpm", "euler_a"])
 def test_other_samplers_with_a_reference_and_seeds(run_dir: Path, tmp_path: Path, hardware, sampler: str) -> None:
     reference = tmp_path / "previous_panel.jpg"

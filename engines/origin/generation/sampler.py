@@ -243,6 +243,8 @@ def _sr_model_in_pool(run_dir: Path, upscale: int, hardware: Any) -> Optional[st
     path = find_sr_model(run_dir) if upscale > 1 else None
     if path is None:
         return None
+    # Retraining the SR stage rewrites the file: a new name, so a damaged new file is caught here and
+    # the generation falls back to bicubic instead of failing inside the job.
     name = f"origin-sr:{path}:{path.stat().st_mtime_ns}"
     if name not in hardware.pool:
         try:
@@ -274,10 +276,11 @@ def generate(request: GenerateRequest, hardware: Any, *, on_step: OnStep = no_pr
                                   f"use at most that many steps, not {request.steps}.")
     model_name = f"origin:{info.path}:{info.step}"
     if model_name not in hardware.pool:
-        from engines.hardware.placement import MemoryPolicy
+        from engines.hardware import MemoryPolicy
 
         hardware.register(model_name, load_model(info.path), loader=lambda: load_model(info.path),
-                          policy=MemoryPolicy(working_bytes=_working_bytes(config, height, width)), activate=False)
+                          policy=MemoryPolicy(working_bytes=_working_bytes(config, height, width)), activate=False,
+                          files=[f for f in info.path.iterdir() if f.suffix in (".safetensors", ".json")])
     sr_name = _sr_model_in_pool(info.path.parent.parent, request.upscale, hardware)
     text_name = register_text_encoder(hardware, config.model, store=store)
     seed = request.seed if request.seed is not None else int.from_bytes(os.urandom(4), "little")

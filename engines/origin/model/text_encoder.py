@@ -212,5 +212,8 @@ def register_text_encoder(hardware: Any, config: "ModelConfig", *, store: "Optio
         def load() -> TextEncoder:
             return TextEncoder(ref, config.text_dim, config.max_text_tokens, store=store, offline=offline)
 
-        hardware.register(name, load(), loader=load, activate=False)
+        encoder = load()
+        # Watched like any model: replacing the encoder's files makes the next use reload it.
+        files = store.files_for(ref) if store is not None and not encoder.is_fallback else ()
+        hardware.register(name, encoder, loader=load, activate=False, files=files)
     return name
