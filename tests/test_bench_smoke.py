@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-BENCHMARKS = ("bench_pool_swap", "bench_from_pipe", "bench_engine_overhead", "bench_startup", "bench_model_load")
+BENCHMARKS = ("bench_pool_swap", "bench_from_pipe", "bench_engine_overhead", "bench_startup", "bench_model_load",
+              "bench_text_encoder")
 
 
 @pytest.mark.parametrize("name", BENCHMARKS)
