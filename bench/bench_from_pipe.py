@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         # load, not for an eviction the shared pipeline never needs.
         hw = harness.make_hardware(args, Path(tmp) / "data", device_budget=3 * size, host_budget=4 * size)
         hw.register("txt2img", base, loader=load(StableDiffusionPipeline))
+        harness.vram_line(hw, "txt2img registered")
         report = harness.Report(NAME, "switch between from_pipe-shared pipelines vs cold load", TARGET, args)
 
         # 2. the shared pipeline, built from the base's components (timed: the first switch)
@@ -64,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         report.check("img2img uses the very same component objects as txt2img", shared)
         report.check("shared components are counted once in the device budget", hw.pool.device_bytes() == size)
         del img2img
+        harness.vram_line(hw, "img2img shared through from_pipe")
 
         # 3. switching back and forth, interleaved with cold loads of the second pipeline
         def switch(name: str) -> None:
@@ -83,14 +85,17 @@ def main(argv: list[str] | None = None) -> int:
 
             if args.drop_page_cache:
                 harness.drop_page_cache(folder)
+            harness.vram_line(hw, f"before cold img2img {i + 1}")
             with peak.phase() as p:
                 seconds, cold_pipe = harness.timed(
                     lambda: _cold_register(hw, load(StableDiffusionImg2ImgPipeline)), cuda=cuda)
             colds.append(seconds)
             cold_peak.append(p["bytes"])
             del cold_pipe
+            harness.vram_line(hw, f"cold img2img {i + 1} registered")
             cold_device_bytes = hw.pool.device_bytes()
             hw.unload("img2img-cold")  # untimed
+            harness.vram_line(hw, f"cold img2img {i + 1} unloaded")
             if hw.pool.tier_of("txt2img") != "device":
                 switch("txt2img")
         report.check("no switch reloaded from disk", not any("reloading" in e for e in hw.events))

@@ -17,7 +17,8 @@ On a shared or busy CPU, pass ``--threads 1``: two OpenMP threads competing with
 processes for two cores ran the same step several times slower (see bench/README.md).
 
     python bench/bench_origin_step.py [--quick] [--config tiny|default] [--batch-size N]
-                                      [--repeats N] [--threads N] [--device cpu|cuda] [--json PATH]
+                                      [--repeats N] [--threads N] [--device cpu|cuda] [--precision fp32|bf16]
+                                      [--json PATH]
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import argparse
 import statistics
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 
@@ -50,8 +52,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's choice; 1 on a busy shared CPU)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                        help="bf16: forward and losses under CUDA autocast, as the trainer's mixed precision "
+                             "runs on Ampere and newer (weights and optimizer stay fp32)")
     parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write results as JSON")
     args = parser.parse_args(argv)
+    if args.precision != "fp32" and args.device != "cuda":
+        parser.error("--precision bf16 is for --device cuda (the trainer runs fp32 on a CPU)")
     args.config = args.config or ("tiny" if args.quick else "default")
     args.batch_size = args.batch_size or (2 if args.quick else 4)
     args.repeats = args.repeats or (3 if args.quick else 7)
@@ -135,15 +142,19 @@ def main(argv: list[str] | None = None) -> int:
         return dict(clean=clean, noise=noise, timesteps=timesteps, tokens=tokens, mask=mask,
                     x_t=scheduler.add_noise(clean, noise, timesteps))
 
+    def mixed():
+        return torch.autocast("cuda", dtype=torch.bfloat16) if args.precision == "bf16" else nullcontext()
+
     def origin_step(d: dict) -> float:
-        out = origin(d["x_t"], d["timesteps"], d["tokens"], d["mask"])
-        target = add_noise_target(scheduler, d["clean"], d["noise"], d["timesteps"], mc.prediction_type)
-        loss = diffusion_loss(out.sample, target, d["timesteps"], scheduler, lc.min_snr_gamma)
-        pred = predicted_clean(scheduler, d["x_t"], out.sample, d["timesteps"], mc.prediction_type)
-        arts = art(pred, d["clean"], art_loss_weights(scheduler, d["timesteps"]))
-        aux = origin.expert_aux_losses(out, d["clean"])
-        total = (loss + sum(getattr(lc, name) * value for name, value in arts.items())
-                 + lc.expert_aux * sum(aux.values()))
+        with mixed():  # autocast covers the forward and the losses; backward runs outside it
+            out = origin(d["x_t"], d["timesteps"], d["tokens"], d["mask"])
+            target = add_noise_target(scheduler, d["clean"], d["noise"], d["timesteps"], mc.prediction_type)
+            loss = diffusion_loss(out.sample, target, d["timesteps"], scheduler, lc.min_snr_gamma)
+            pred = predicted_clean(scheduler, d["x_t"], out.sample, d["timesteps"], mc.prediction_type)
+            arts = art(pred, d["clean"], art_loss_weights(scheduler, d["timesteps"]))
+            aux = origin.expert_aux_losses(out, d["clean"])
+            total = (loss + sum(getattr(lc, name) * value for name, value in arts.items())
+                     + lc.expert_aux * sum(aux.values()))
         origin_opt.zero_grad(set_to_none=True)
         total.backward()
         origin_opt.step()
@@ -151,17 +162,19 @@ def main(argv: list[str] | None = None) -> int:
 
     def origin_plain_step(d: dict) -> float:
         """The same model with the diffusion loss only: what the art and auxiliary losses add."""
-        out = origin(d["x_t"], d["timesteps"], d["tokens"], d["mask"])
-        target = add_noise_target(scheduler, d["clean"], d["noise"], d["timesteps"], mc.prediction_type)
-        loss = diffusion_loss(out.sample, target, d["timesteps"], scheduler, lc.min_snr_gamma)
+        with mixed():
+            out = origin(d["x_t"], d["timesteps"], d["tokens"], d["mask"])
+            target = add_noise_target(scheduler, d["clean"], d["noise"], d["timesteps"], mc.prediction_type)
+            loss = diffusion_loss(out.sample, target, d["timesteps"], scheduler, lc.min_snr_gamma)
         origin_opt.zero_grad(set_to_none=True)
         loss.backward()
         origin_opt.step()
         return loss.item()
 
     def baseline_step(d: dict) -> float:
-        pred = baseline(d["x_t"], d["timesteps"], encoder_hidden_states=d["tokens"]).sample
-        loss = F.mse_loss(pred.float(), d["noise"])
+        with mixed():
+            pred = baseline(d["x_t"], d["timesteps"], encoder_hidden_states=d["tokens"]).sample
+            loss = F.mse_loss(pred.float(), d["noise"])
         baseline_opt.zero_grad(set_to_none=True)
         loss.backward()
         baseline_opt.step()
@@ -172,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
 
     report = harness.Report(NAME, "Origin training step vs a same-size diffusers UNet step", TARGET, args)
     widths = "/".join(map(str, baseline_kwargs["block_out_channels"]))
-    report.info = harness.environment(args, config=args.config, batch=args.batch_size,
+    report.info = harness.environment(args, config=args.config, batch=args.batch_size, precision=args.precision,
                                       origin_params=counts["total"], baseline_params=baseline_params,
                                       baseline_widths=widths)
     report.metrics.update({f"origin_params_{k}": v for k, v in counts.items()})
@@ -216,6 +229,11 @@ def main(argv: list[str] | None = None) -> int:
         report.metrics[f"origin_samples_per_s_{px}px"] = rate
         report.note(f"Origin training throughput at {px} px: {rate:.2f} samples/s (batch {args.batch_size})")
     report.note("parameters: " + ", ".join(f"{k} {v / 1e6:.2f} M" for k, v in counts.items()))
+    if cuda:
+        peak = torch.cuda.max_memory_allocated() / 2**30
+        report.metrics["peak_vram_gib"] = peak
+        report.note(f"Peak VRAM of the whole run ({args.precision}, batch {args.batch_size}, both models and their "
+                    f"AdamW states resident): {peak:.2f} GiB")
     return report.finish(measured, base_row)
 
 

@@ -171,6 +171,17 @@ class PeakVram:
             box["bytes"] = int(torch.cuda.max_memory_allocated())
 
 
+def vram_line(hw: Any, stage: str) -> None:
+    """On CUDA, print what torch holds next to what the pool counts (the pool's accounting, checked)."""
+    if hw.device.type != "cuda":
+        return
+    import torch
+
+    torch.cuda.synchronize()
+    print(f"vram: {stage}: torch allocated {torch.cuda.memory_allocated() / MiB:,.0f} MiB, "
+          f"pool counts {hw.pool.device_bytes() / MiB:,.0f} MiB on the device", flush=True)
+
+
 def environment(args: argparse.Namespace, hw: Any = None, **extra: Any) -> dict[str, Any]:
     info: dict[str, Any] = {
         "python": platform.python_version(), "platform": platform.platform(terse=True),

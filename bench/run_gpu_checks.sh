@@ -37,7 +37,7 @@ step() {  # step NAME MAX_SECONDS COMMAND...: run with the smaller of MAX_SECOND
 } 2>&1 | tee -a "$log"
 
 step pytest_gpu 200 "$py" -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu_placement.py tests/test_gpu_origin.py
-step bench_origin_step 120 "$py" bench/bench_origin_step.py --device cuda --resolution 256 --json "$out/bench_origin_step.json"
+step bench_origin_step 120 "$py" bench/bench_origin_step.py --device cuda --resolution 256 --precision bf16 --json "$out/bench_origin_step.json"
 for bench in bench_engine_overhead bench_pool_swap bench_from_pipe; do
     step "$bench" 150 "$py" "bench/$bench.py" --device cuda --size sd15 --vram-limit 6 --precision fp16 --quick \
         --json "$out/$bench.json"
