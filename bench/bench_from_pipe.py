@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     harness.quiet_libraries()
     from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
 
-    from engines.models import ModelStore
+    from engines.models import ModelStore, derive_pipeline
 
     cuda = args.device == "cuda"
     runs = harness.repeats(args, full=7, quick=3)
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
 
         # 2. the shared pipeline, built from the base's components (timed: the first switch)
         def share():
-            return hw.register("img2img", StableDiffusionImg2ImgPipeline.from_pipe(base))
+            return hw.register("img2img", derive_pipeline(StableDiffusionImg2ImgPipeline, base))
 
         creates = []
         for _ in range(runs):

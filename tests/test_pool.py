@@ -78,6 +78,30 @@ def test_lru_goes_to_ram_first_then_out_of_memory(tmp_path, store, tiny_sd_dir):
     np.testing.assert_array_equal(reloaded, reference)
 
 
+def test_a_derived_pipeline_keeps_the_base_dtype_and_the_pool_counts_what_is_held(tmp_path, store, tiny_sd_dir):
+    import torch
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    from engines.hardware.placement import module_bytes
+    from engines.models import derive_pipeline
+
+    base = store.load_pipeline(str(tiny_sd_dir), torch_dtype=torch.float16)
+    size = pipeline_bytes(base)
+    hw = make_hw(tmp_path, device_budget=4 * size, host_budget=4 * size)
+    hw.register("txt2img", base)
+    img2img = derive_pipeline(StableDiffusionImg2ImgPipeline, base)
+    hw.register("img2img", img2img)
+    # the same weights, still fp16: diffusers' own from_pipe would have cast them to fp32 in place
+    assert img2img.unet is base.unet and base.unet.dtype == torch.float16
+    assert hw.pool.device_bytes() == size
+    # a component cast behind the pool's back (a plain from_pipe) is measured again when it is shared
+    base.unet.to(torch.float32)
+    hw.register("img2img", StableDiffusionImg2ImgPipeline(**img2img.components))
+    grown = size + module_bytes(base.unet) // 2
+    assert hw.pool.device_bytes() == grown
+    assert {r.name: r.size_bytes for r in hw.pool.snapshot()} == {"txt2img": grown, "img2img": grown}
+
+
 def test_shared_components_are_counted_and_freed_once(tmp_path, store, tiny_sd_dir):
     from diffusers import StableDiffusionImg2ImgPipeline
 

@@ -166,8 +166,24 @@ class ModelPool:
                 # Measured once, on first registration: after offload hooks have moved
                 # parameters to "meta", a second measurement of a shared component would read 0.
                 self._sizes[mid] = module_bytes(module)
+            else:
+                self._remeasure(mid, module)
             entry.module_ids[cname] = mid
             entry.sizes[cname] = self._sizes[mid]
+
+    def _remeasure(self, mid: int, module: Any) -> None:
+        """A component already counted may have grown since: diffusers' ``from_pipe`` without a dtype
+        casts the components it shares to float32 in place, doubling an fp16 pipeline behind the
+        pool's back (seen on an H200: the pool counted 2.0 GB, torch held 4.1 GB)."""
+        now = module_bytes(module)
+        if now and now != self._sizes[mid]:
+            log.warning("a shared component changed size from %.1f to %.1f MiB (cast to another dtype?); "
+                        "counting the new size", self._sizes[mid] / 2**20, now / 2**20)
+            self._sizes[mid] = now
+            for other in self._entries.values():
+                for cname, other_mid in other.module_ids.items():
+                    if other_mid == mid:
+                        other.sizes[cname] = now
 
     def names(self) -> list[str]:
         with self._lock:

@@ -9,7 +9,7 @@
 
 from engines.models.files import (CHECKPOINT_SUFFIXES, PICKLE_SUFFIXES, SAFE_SUFFIXES, check_safetensors_file,
                                   choose_download_files)
-from engines.models.store import KnownModel, ModelSource, ModelStore
+from engines.models.store import KnownModel, ModelSource, ModelStore, derive_pipeline
 
 __all__ = ["CHECKPOINT_SUFFIXES", "PICKLE_SUFFIXES", "SAFE_SUFFIXES", "KnownModel", "ModelSource", "ModelStore",
-           "check_safetensors_file", "choose_download_files"]
+           "check_safetensors_file", "choose_download_files", "derive_pipeline"]

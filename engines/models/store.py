@@ -79,6 +79,17 @@ class KnownModel:
 # --- the store -------------------------------------------------------------------------------------
 
 
+def derive_pipeline(pipeline_cls: Any, base: Any, **kwargs: Any) -> Any:
+    """``pipeline_cls.from_pipe(base)`` that shares ``base``'s components as they are.
+
+    diffusers 0.42's ``from_pipe`` casts every shared component to float32 unless told a dtype, in
+    place: an fp16 checkpoint doubles in memory and the base pipeline silently turns fp32 too.
+    Passing the base's own dtype keeps both pipelines on the very same weights.
+    """
+    kwargs.setdefault("dtype", base.dtype)
+    return pipeline_cls.from_pipe(base, **kwargs)
+
+
 class ModelStore:
     """Resolves, downloads and loads models; one per process, built in ``app.py``.
 
