@@ -27,7 +27,7 @@ def _memory(device: Any) -> dict[str, float]:
     return out
 
 
-class StepDriver:
+class OptimizerStep:
     def __init__(self, trainer: Any) -> None:
         self.t = trainer
         self.acc = trainer.accelerator

@@ -288,9 +288,9 @@ class Trainer:
 
     # 6. the epochs ----------------------------------------------------------------------------------
     def _train(self) -> None:
-        from engines.origin.training.optimizer_step import StepDriver
+        from engines.origin.training.optimizer_step import OptimizerStep
 
-        driver = StepDriver(self)
+        optimizer_step = OptimizerStep(self)
         p, t = self.progress, self.config.train
         accumulation = t.gradient_accumulation
         while p.epoch < t.epochs and not self._should_stop():
@@ -299,17 +299,17 @@ class Trainer:
             loader = self._epoch_loader(p.epoch, p.batch_in_epoch)
             position = p.batch_in_epoch
             window: list[dict] = []
-            driver.mark_data_start()
+            optimizer_step.mark_data_start()
             for batch in loader:
                 window.append(batch)
                 position += 1
                 if len(window) < accumulation and position < self.batches_per_epoch:
                     continue
-                driver.step(window, position)
+                optimizer_step.step(window, position)
                 window = []
                 if self._should_stop() and position < self.batches_per_epoch:
                     return  # mid-epoch; at the epoch's end the epoch is closed (and checkpointed) first
-                driver.mark_data_start()
+                optimizer_step.mark_data_start()
             p.epoch += 1
             p.batch_in_epoch = 0
             self._end_of_epoch()
