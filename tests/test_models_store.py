@@ -523,6 +523,20 @@ def test_read_into_memory_keeps_ties_views_and_requires_grad(tmp_path: Path) -> 
     assert model.window[1] == 42.0  # still one storage
 
 
+@pytest.mark.skipif(not Path("/proc/self/maps").is_file(), reason="exact mapping check is Linux's")
+def test_weights_already_in_memory_are_not_copied_again(tmp_path: Path) -> None:
+    import torch
+
+    from engines.models.residency import read_into_memory
+
+    # A plain torch.load reads every record into memory (storages torch's allocator did not make,
+    # yet not mapped): a multi-GB .ckpt must not be copied a second time.
+    torch.save({"w": torch.arange(1000.0)}, tmp_path / "plain.ckpt")
+    state = torch.load(tmp_path / "plain.ckpt", map_location="cpu", weights_only=True)
+    before = state["w"].untyped_storage().data_ptr()
+    assert read_into_memory(state) == 0 and state["w"].untyped_storage().data_ptr() == before
+
+
 def test_files_for_names_what_a_reference_loads_from(
     tiny_sd_dir: Path, tiny_sd_single_file: Path, tmp_path: Path
 ) -> None:

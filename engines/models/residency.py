@@ -14,10 +14,12 @@ ordinary memory right after loading, for three reasons (numbers in docs/models.m
 3. Windows refuses to delete or replace a file that a process has mapped, so an artist could not
    update a checkpoint while the studio runs.
 
-The portable sign of a mapping is a CPU storage that torch's allocator did not make (one that is
-not resizable): safetensors wraps its map with ``frombuffer``, ``torch.load(mmap=True)`` uses
-``UntypedStorage.from_file``. The rare other such storages (a ``torch.load`` zip record, a bytes
-buffer) are copied too, which costs one memcpy at load time and nothing afterwards.
+Which storages are mappings: on Linux, exactly those whose address lies in a mapping of a regular
+file (/proc/self/maps). Elsewhere the portable sign is a CPU storage that torch's allocator did not
+make (one that is not resizable): safetensors wraps its map with ``frombuffer``,
+``torch.load(mmap=True)`` uses ``UntypedStorage.from_file``. That rule also takes in storages that
+are already in memory (a plain ``torch.load`` reads each record into one), which then cost one
+needless memcpy at load time; the exact rule spares a multi-GB ``.ckpt`` that second copy.
 Nothing heavy is imported at module level.
 """
 
@@ -72,6 +74,7 @@ def read_into_memory(obj: Any) -> int:
     """
     import torch
 
+    mappings = _file_mappings()
     copies: dict[int, Any] = {}  # data_ptr of a mapped storage -> its in-memory copy
     replaced: dict[int, Any] = {}  # id of a tensor that had to be swapped -> what took its place
     copied = 0
@@ -80,7 +83,7 @@ def read_into_memory(obj: Any) -> int:
             held[key] = replaced[id(tensor)]
             continue
         storage = _cpu_storage(tensor)
-        if storage is None or storage.resizable():
+        if storage is None or not _is_mapped(storage, mappings):
             continue
         address = storage.data_ptr()
         if address not in copies:
@@ -123,6 +126,15 @@ def _file_mappings() -> tuple[list[int], list[int]] | None:
     return [start for start, _ in ranges], [end for _, end in ranges]
 
 
+def _is_mapped(storage: Any, mappings: tuple[list[int], list[int]] | None) -> bool:
+    """Whether a CPU storage lives in a mapped file (``mappings`` from ``_file_mappings``; None: not Linux)."""
+    if mappings is None:
+        return not storage.resizable()
+    starts, ends = mappings
+    i = bisect.bisect_right(starts, storage.data_ptr()) - 1
+    return i >= 0 and storage.data_ptr() < ends[i]
+
+
 def file_mapped_bytes(obj: Any) -> int:
     """Bytes of ``obj``'s weights that live in a mapped file rather than in memory torch allocated.
 
@@ -136,13 +148,6 @@ def file_mapped_bytes(obj: Any) -> int:
         storage = _cpu_storage(tensor)
         if storage is None or storage.data_ptr() in seen:
             continue
-        address = storage.data_ptr()
-        seen.add(address)
-        if mappings is None:
-            mapped = not storage.resizable()
-        else:
-            starts, ends = mappings
-            i = bisect.bisect_right(starts, address) - 1
-            mapped = i >= 0 and address < ends[i]
-        total += storage.nbytes() if mapped else 0
+        seen.add(storage.data_ptr())
+        total += storage.nbytes() if _is_mapped(storage, mappings) else 0
     return total
