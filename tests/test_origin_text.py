@@ -142,3 +142,149 @@ def test_real_sentence_transformer_at_its_own_width_is_not_projected(minilm_path
     encoder = TextEncoder(str(minilm_path), 384, 8, offline=True)
     tokens, _ = encoder.encode(["ink"])
     assert tokens.shape == (1, 8, 384) and encoder.projection is None
+
+
+# --- which encoder: the identity a checkpoint records, and requiring it ------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_text_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tiny_models import save_tiny_sentence_transformer
+
+    return save_tiny_sentence_transformer(tmp_path_factory.mktemp("tiny-text"))
+
+
+def tiny_hardware(tmp_path: Path, offline: bool = True):
+    from engines.hardware import HardwareManager
+    from engines.settings import MachineSettings
+
+    settings = MachineSettings(data_dir=tmp_path / "data", cpu=True, offline=offline)
+    return HardwareManager(settings, device_budget_bytes=2**30, host_budget_bytes=2**30)
+
+
+def text_config(ref: str):
+    from engines.origin.model.config import tiny_config
+
+    config = tiny_config(resolution=32).model
+    config.text_encoder = ref
+    return config
+
+
+def test_the_fallbacks_identity_says_sha256(tmp_path: Path) -> None:
+    chosen = TextEncoder(None, 16, 6)
+    failed = TextEncoder(str(tmp_path / "no-such-model"), 16, 6, offline=True, warn=False)
+    expected = {"kind": "sha256", "id": "sha256", "dim": 16, "max_tokens": 6}
+    assert chosen.identity == expected and failed.identity == expected
+    assert text_encoder.describe_identity(expected) == "the SHA-256 word embedding (no text model)"
+    assert failed.load_error and "no-such-model" in failed.fallback_reason
+
+
+def test_a_real_models_identity_names_its_weights(tiny_text_model: Path, tmp_path: Path) -> None:
+    from tiny_models import save_tiny_sentence_transformer
+
+    first = TextEncoder(str(tiny_text_model), 32, 8, offline=True)
+    again = TextEncoder(str(tiny_text_model), 32, 8, offline=True)
+    other = TextEncoder(str(save_tiny_sentence_transformer(tmp_path / "other", seed=1)), 32, 8, offline=True)
+    identity = first.identity
+    assert set(identity) == {"kind", "id", "weights_sha256", "dim", "max_tokens"}
+    assert identity["kind"] == "sentence-transformers" and identity["id"] == str(tiny_text_model)
+    assert len(identity["weights_sha256"]) == 64 and identity == again.identity
+    assert other.identity["weights_sha256"] != identity["weights_sha256"]
+    assert text_encoder.describe_identity(identity) == f"{tiny_text_model} (weights {identity['weights_sha256'][:8]})"
+    # Computed once, at load time; the same function of the weights recomputed gives the same digest.
+    assert text_encoder.weights_sha256(first.model) == identity["weights_sha256"]
+
+
+def test_minilm_weights_hash_is_the_same_on_every_machine(minilm: TextEncoder) -> None:
+    # fp32 bytes of each tensor in sorted key order: no BLAS, no float formatting involved.
+    assert minilm.identity["weights_sha256"].startswith("7fcb2a05113c8541")
+
+
+def test_a_required_fallback_is_used_even_when_the_model_is_here(tiny_text_model: Path, tmp_path: Path) -> None:
+    hw = tiny_hardware(tmp_path)
+    config = text_config(str(tiny_text_model))
+    real = text_encoder.register_text_encoder(hw, config)
+    required = text_encoder.register_text_encoder(hw, config, require={"kind": "sha256", "id": "sha256",
+                                                                       "dim": 32, "max_tokens": 8})
+    assert real != required  # never one pool entry for both
+    with hw.use(required) as fallback, hw.use(real) as model:
+        assert fallback.is_fallback and not model.is_fallback
+        # The real one, required by its identity, is its own entry and loads once.
+        identity = model.identity
+    name = text_encoder.register_text_encoder(hw, config, require=identity)
+    assert name == text_encoder.register_text_encoder(hw, text_config(""), require=identity)
+    with hw.use(name) as again:
+        assert again.identity == identity
+
+
+def test_a_required_model_that_is_missing_or_other_is_refused(tiny_text_model: Path, tmp_path: Path) -> None:
+    from engines.errors import CorruptModelError, ModelNotFoundError
+
+    hw = tiny_hardware(tmp_path)
+    identity = TextEncoder(str(tiny_text_model), 32, 8, offline=True).identity
+    changed = dict(identity, weights_sha256="ab12cd34" + "0" * 56)
+    with pytest.raises(CorruptModelError) as other:
+        text_encoder.register_text_encoder(hw, text_config(""), require=changed)
+    assert str(other.value).startswith(f"This model was trained with the text model {tiny_text_model} "
+                                       "(weights ab12cd34), but the one here has other weights")
+    missing = dict(identity, id=str(tmp_path / "gone"))
+    with pytest.raises(ModelNotFoundError, match=r"which cannot be loaded here \(.*gone.*\); put it in the "
+                                                 r"models folder \(docs/models.md\)"):
+        text_encoder.register_text_encoder(hw, text_config(""), require=missing)
+    with pytest.raises(CorruptModelError, match="does not know"):
+        text_encoder.register_text_encoder(hw, text_config(""), require={"kind": "clip"})
+    assert not [n for n in hw.pool.names() if n.startswith("text-encoder:")]  # nothing half-registered
+
+
+def test_a_model_that_fell_back_is_not_taken_for_the_real_one(tiny_text_model: Path, tmp_path: Path) -> None:
+    import shutil
+
+    hw = tiny_hardware(tmp_path)
+    later = tmp_path / "later-model"
+    config = text_config(str(later))
+    fell_back = text_encoder.register_text_encoder(hw, config)  # not there yet: the fallback, with its reason
+    assert text_encoder.register_text_encoder(hw, config) == fell_back  # not tried again each time
+    with hw.use(fell_back) as encoder:
+        assert encoder.is_fallback and "later-model" in encoder.fallback_reason
+    shutil.copytree(tiny_text_model, later)
+    identity = TextEncoder(str(later), 32, 8, offline=True).identity
+    required = text_encoder.register_text_encoder(hw, config, require=identity)
+    with hw.use(required) as encoder:
+        assert not encoder.is_fallback and encoder.identity == identity
+
+
+@pytest.mark.parametrize("offline", [False, True])
+def test_the_default_model_is_downloaded_only_when_online(tiny_text_model: Path, tmp_path: Path, monkeypatch,
+                                                          offline: bool) -> None:
+    import shutil
+    from types import SimpleNamespace
+
+    import huggingface_hub
+
+    from engines.origin.model.config import ModelConfig
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a fake Hub below; anything real must fail fast
+    files = [str(p.relative_to(tiny_text_model)) for p in tiny_text_model.rglob("*") if p.is_file()]
+    fetched = []
+
+    def model_info(self, repo_id, **kwargs):
+        return SimpleNamespace(siblings=[SimpleNamespace(rfilename=f) for f in files], sha="0" * 40)
+
+    def snapshot_download(repo_id, *, local_dir, allow_patterns, **kwargs):
+        fetched.append(repo_id)
+        shutil.copytree(tiny_text_model, local_dir, dirs_exist_ok=True)
+        return str(local_dir)
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", model_info)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    default = ModelConfig().text_encoder
+    store = ModelStore(tmp_path / "models", offline=offline)
+    hw = tiny_hardware(tmp_path, offline=offline)
+    name = text_encoder.register_text_encoder(hw, text_config(default), store=store)
+    with hw.use(name) as encoder:
+        identity = encoder.identity
+    if offline:
+        assert fetched == [] and identity["kind"] == "sha256"
+    else:
+        assert fetched == [default] and identity["kind"] == "sentence-transformers" and identity["id"] == default
+        assert (store.folder_for(default) / "modules.json").is_file()

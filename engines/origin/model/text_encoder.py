@@ -23,6 +23,10 @@ training samples share it, and the pool may evict it under memory pressure and r
   A warning says so once per process.
 - An empty (or blank) caption, which the trainer uses for classifier-free guidance, encodes to the
   unconditional tokens: all zeros with an all-False mask, for both kinds of encoder.
+- A UNet only understands the tokens of the encoder it was trained with, so ``identity`` names that
+  encoder exactly (the fallback, or a model id and the SHA-256 of its weights); the trainer writes it
+  into every checkpoint, and ``register_text_encoder(..., require=identity)`` gives back that encoder
+  or refuses with one sentence, never a look-alike (a fallback for a real model, or other weights).
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ from typing import TYPE_CHECKING, Any, Optional
 import numpy as np
 import torch
 from torch import Tensor
+
+from engines.errors import CorruptModelError, ModelNotFoundError
 
 if TYPE_CHECKING:
     from engines.models import ModelStore
@@ -86,11 +92,41 @@ def hash_vector(piece: str, dim: int) -> np.ndarray:
     return (uniform * np.sqrt(3.0)).astype(np.float32)  # variance of U(-1, 1) is 1/3
 
 
+def weights_sha256(module: Any) -> str:
+    """SHA-256 of a model's learned weights: name, dtype, shape and bytes of each state_dict tensor.
+
+    Keys in sorted order; every floating-point tensor is hashed as contiguous fp32 on the CPU, so
+    the same weights give the same digest whether a library loads them in fp16, bf16 or fp32.
+    Integer buffers (BERT's position ids) are left out: they are derived, not learned, and whether
+    they are saved changes between transformers versions. About 0.07 s for all-MiniLM-L6-v2 (91 MB).
+    """
+    digest = hashlib.sha256()
+    state = module.state_dict()
+    for key in sorted(state):
+        tensor = state[key]
+        if not torch.is_floating_point(tensor):
+            continue
+        array = tensor.detach().to("cpu", torch.float32).contiguous().numpy()
+        digest.update(f"{key}|float32|{tuple(array.shape)}\n".encode("utf-8"))
+        digest.update(array.reshape(-1))
+    return digest.hexdigest()
+
+
+def describe_identity(identity: Optional[dict]) -> str:
+    """One line for logs and messages: "all-MiniLM-L6-v2 (weights 3f2a9c1e)" or the fallback's name."""
+    if not identity or identity.get("kind") == "sha256":
+        return "the SHA-256 word embedding (no text model)"
+    return f"{identity.get('id')} (weights {str(identity.get('weights_sha256', ''))[:8]})"
+
+
 class TextEncoder:
     """Frozen caption encoder; see the module docstring for the rules."""
 
     def __init__(self, model_ref: Optional[str], dim: int, max_tokens: int, *,
-                 store: "Optional[ModelStore]" = None, offline: bool = False):
+                 store: "Optional[ModelStore]" = None, offline: bool = False, warn: bool = True,
+                 reason: str = "no text model was chosen"):
+        """``warn=False``: a failed load is only recorded (``fallback_reason``, ``load_error``), for a
+        caller that refuses instead of falling back; ``reason`` says why ``model_ref=None`` was chosen."""
         if dim < 1 or max_tokens < 1:
             raise ValueError(f"dim and max_tokens must be positive, got dim={dim}, max_tokens={max_tokens}")
         self.dim = dim
@@ -99,15 +135,25 @@ class TextEncoder:
         self.model_ref = model_ref
         self.projection: Optional[Tensor] = None
         self.fallback_reason: Optional[str] = None
+        self.load_error: Optional[str] = None  # the first line of the error that made a model fall back
+        self.weights_sha256: Optional[str] = None  # computed once, on the CPU, right after loading
         if model_ref is None:
-            self.fallback_reason = "no text model was chosen"
-            log.info("Text encoder: deterministic SHA-256 embedding (no model chosen).")
+            self.fallback_reason = reason
+            log.info("Text encoder: deterministic SHA-256 embedding (%s).", reason)
         else:
-            self._load(model_ref, store, offline)
+            self._load(model_ref, store, offline, warn)
 
     @property
     def is_fallback(self) -> bool:
         return self.model is None
+
+    @property
+    def identity(self) -> dict:
+        """Exactly which encoder this is, as a small JSON-able dict (recorded in every checkpoint)."""
+        if self.model is None:
+            return {"kind": "sha256", "id": "sha256", "dim": self.dim, "max_tokens": self.max_tokens}
+        return {"kind": "sentence-transformers", "id": self.model_ref, "weights_sha256": self.weights_sha256,
+                "dim": self.dim, "max_tokens": self.max_tokens}
 
     @property
     def components(self) -> dict:
@@ -123,16 +169,20 @@ class TextEncoder:
 
     # 1. loading
 
-    def _load(self, model_ref: str, store: "Optional[ModelStore]", offline: bool) -> None:
+    def _load(self, model_ref: str, store: "Optional[ModelStore]", offline: bool, warn: bool = True) -> None:
         try:
             self.model = self._load_model(model_ref, store, offline)
         except Exception as error:  # noqa: BLE001 - any failure to load means: use the fallback, say why
-            first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
-            self.fallback_reason = f"{model_ref}: {first_line}"
-            _warn_fallback_once(self.fallback_reason)
+            self.load_error = str(error).splitlines()[0] if str(error) else type(error).__name__
+            self.fallback_reason = f"{model_ref}: {self.load_error}"
+            if warn:
+                _warn_fallback_once(self.fallback_reason)
             return
         self.model.eval()
         self.model.requires_grad_(False)
+        # Now, while the weights are on the CPU in the dtype they were loaded in: the pool may later
+        # move them to the GPU in half precision.
+        self.weights_sha256 = weights_sha256(self.model)
 
     def _load_model(self, model_ref: str, store: "Optional[ModelStore]", offline: bool):
         from pathlib import Path
@@ -197,23 +247,93 @@ class TextEncoder:
         return self.projection
 
 
-def register_text_encoder(hardware: Any, config: "ModelConfig", *, store: "Optional[ModelStore]" = None) -> str:
-    """The pool name of the caption encoder ``config`` asks for, loading it only when it is not loaded.
+def _pool_name(key: str, dim: int, max_tokens: int) -> str:
+    return f"text-encoder:{key}:{dim}x{max_tokens}"
+
+
+def _check_required(require: Any, dim: int, max_tokens: int) -> None:
+    """A recorded identity must be one this studio can honour; anything else is a damaged meta.json."""
+    kind = require.get("kind") if isinstance(require, dict) else None
+    real = kind == "sentence-transformers"
+    if (kind not in ("sha256", "sentence-transformers")
+            or (real and not (isinstance(require.get("id"), str) and isinstance(require.get("weights_sha256"), str)))):
+        raise CorruptModelError(f"This model's meta.json records a text encoder the studio does not know "
+                                f"({require!r}); use another checkpoint of the run.")
+    if (require.get("dim", dim), require.get("max_tokens", max_tokens)) != (dim, max_tokens):
+        raise CorruptModelError(f"This model's meta.json records a text encoder {require.get('dim')} wide and "
+                                f"{require.get('max_tokens')} tokens long, but its config says {dim} and "
+                                f"{max_tokens}; use another checkpoint of the run.")
+
+
+def _refuse_unless(encoder: TextEncoder, require: dict) -> None:
+    """Raise one sentence unless ``encoder`` is exactly the real model ``require`` names."""
+    wanted = describe_identity(require)
+    advice = ("put it in the models folder (docs/models.md) or use a checkpoint trained with the text "
+              "model you have.")
+    if encoder.is_fallback:
+        reason = (encoder.load_error or encoder.fallback_reason or "unknown error").rstrip(". ")
+        raise ModelNotFoundError(f"This model was trained with the text model {wanted}, which cannot be "
+                                 f"loaded here ({reason}); {advice}")
+    if encoder.weights_sha256 != require["weights_sha256"]:
+        raise CorruptModelError(f"This model was trained with the text model {wanted}, but the one here has "
+                                f"other weights ({encoder.weights_sha256[:8]}); put the original one back, or "
+                                f"use a checkpoint trained with the text model you have (docs/models.md).")
+
+
+def register_text_encoder(hardware: Any, config: "ModelConfig", *, store: "Optional[ModelStore]" = None,
+                          require: Optional[dict] = None) -> str:
+    """The pool name of the caption encoder, loading it only when it is not loaded.
+
+    Without ``require``, the encoder ``config`` asks for (``config.text_encoder``; empty means the
+    SHA-256 fallback), falling back when it cannot be loaded. With ``require`` (an ``identity`` read
+    from a checkpoint), exactly that encoder: the fallback when it says ``sha256`` even if a model
+    is present, otherwise its model with the same weights, or ``ModelNotFoundError`` (it cannot be
+    loaded) / ``CorruptModelError`` (other weights) with one sentence.
 
     One per process: every generation and the training samples take it with ``hardware.use(name)``.
-    The pool may evict it like any model and brings it back through the same loader. An empty
-    ``config.text_encoder`` is the SHA-256 fallback, which has no weights and costs the pool nothing.
+    The pool may evict it like any model and brings it back through the same loader, which checks a
+    required identity again. The name says which encoder an entry holds (the fallback, a model as
+    configured, a model with given weights), so a fallback never stands in for a real model.
     """
-    ref = config.text_encoder or None
-    name = f"text-encoder:{ref or 'sha256'}:{config.text_dim}x{config.max_text_tokens}"
-    if name not in hardware.pool:
-        offline = bool(getattr(hardware.settings, "offline", False))
+    dim, max_tokens = config.text_dim, config.max_text_tokens
+    offline = bool(getattr(hardware.settings, "offline", False))
+    reason = "no text model was chosen"
+    if require is not None:
+        _check_required(require, dim, max_tokens)
+        real = require["kind"] != "sha256"
+        ref = require["id"] if real else None
+        if not real:
+            reason = "the checkpoint was trained with it"
+        name = _pool_name(f"{ref}@{require['weights_sha256'][:16]}" if real else "sha256", dim, max_tokens)
+    else:
+        ref = config.text_encoder or None
+        name = _pool_name(ref or "sha256", dim, max_tokens)
+    # Where this ref's fallback goes when its model cannot be loaded (only without ``require``):
+    # apart from the real model's entry, and found there next time instead of failing again.
+    failed = _pool_name(f"sha256 for {ref}", dim, max_tokens)
+    if require is None and ref is not None and failed in hardware.pool:
+        return failed
+    if name in hardware.pool:
+        return name
+    if ref is None:
+        encoder = TextEncoder(None, dim, max_tokens, reason=reason)
+        hardware.register(name, encoder, loader=lambda: TextEncoder(None, dim, max_tokens, reason=reason),
+                          activate=False)
+        return name
 
-        def load() -> TextEncoder:
-            return TextEncoder(ref, config.text_dim, config.max_text_tokens, store=store, offline=offline)
+    def load() -> TextEncoder:
+        encoder = TextEncoder(ref, dim, max_tokens, store=store, offline=offline, warn=require is None)
+        if require is not None:
+            _refuse_unless(encoder, require)
+        return encoder
 
-        encoder = load()
-        # Watched like any model: replacing the encoder's files makes the next use reload it.
-        files = store.files_for(ref) if store is not None and not encoder.is_fallback else ()
-        hardware.register(name, encoder, loader=load, activate=False, files=files)
+    encoder = load()
+    if encoder.is_fallback:  # only without ``require``: keep it apart from the real model, with its reason
+        why = encoder.fallback_reason or reason
+        hardware.register(failed, encoder, activate=False,
+                          loader=lambda: TextEncoder(None, dim, max_tokens, reason=why))
+        return failed
+    # Watched like any model: replacing the encoder's files makes the next use reload it.
+    files = store.files_for(ref) if store is not None else ()
+    hardware.register(name, encoder, loader=load, activate=False, files=files)
     return name
