@@ -178,8 +178,10 @@ def test_a_checkpoint_rewritten_in_place_is_reloaded_on_the_next_generation(run_
 def test_other_samplers_with_a_reference_and_seeds(run_dir: Path, tmp_path: Path, hardware, sampler: str) -> None:
     reference = tmp_path / "previous_panel.jpg"
     Image.new("RGB", (50, 40), (200, 30, 30)).save(reference)
-    # one step without guidance keeps these cheap; what is checked is that each sampler runs
-    quick = dict(sampler=sampler, reference=reference, cfg=1.0, steps=1)
+    # two steps without guidance keep these cheap; what is checked is that each sampler runs. (One
+    # step of an untrained model is the same grey for every seed: from pure noise, the zero_snr
+    # schedule's first estimate is the model's alone.)
+    quick = dict(sampler=sampler, reference=reference, cfg=1.0, steps=2)
     result = generate(request(run_dir, tmp_path / "p.png", **quick), hardware)
     other_seed = generate(request(run_dir, tmp_path / "q.png", seed=4, **quick), hardware)
     assert result.parameters["reference"] == str(reference) and result.image.size == (RES, RES)
@@ -218,6 +220,7 @@ def test_weights_that_do_not_fit_the_config(tmp_path: Path, hardware) -> None:
     ({"steps": 0}, "Steps must be"),
     ({"cfg": -1.0}, "guidance scale"),
     ({"cfg": math.nan}, "guidance scale"),
+    ({"guidance_rescale": 1.5}, "guidance rescale"),
     ({"sampler": "plms"}, "Sampler 'plms'"),
     ({"upscale": 3}, "Upscale must be one of"),
     ({"seed": -5}, "seed"),
@@ -241,3 +244,105 @@ def test_unreadable_reference_is_one_sentence(run_dir: Path, tmp_path: Path, har
     reference.write_bytes(b"not a picture")
     with pytest.raises(InvalidRequestError, match="cannot be read"):
         generate(request(run_dir, tmp_path / "r.png", reference=reference), hardware)
+
+
+# -- the text encoder a checkpoint records is the one it draws with -----------------------------------------
+def record_text_encoder(run: Path, identity: dict) -> None:
+    """What the trainer writes into each checkpoint's meta.json (save_checkpoint here writes none)."""
+    import json
+
+    meta_path = run / "checkpoints" / "epoch-000001" / "meta.json"
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    meta_path.write_text(json.dumps({**meta, "text_encoder": identity}), encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def tiny_text_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tiny_models import save_tiny_sentence_transformer
+
+    return save_tiny_sentence_transformer(tmp_path_factory.mktemp("tiny-text"))
+
+
+def test_a_checkpoint_trained_on_the_fallback_draws_with_it_even_when_a_model_is_here(
+        run_dir: Path, tiny_text_model: Path, tmp_path: Path, hardware, monkeypatch) -> None:
+    config = tiny_config(resolution=RES)
+    config.model.text_encoder = str(tiny_text_model)  # named by the config and present on disk
+    torch.manual_seed(0)
+    run = tmp_path / "run"
+    save_checkpoint(run, OriginModel(config.model), config)
+    record_text_encoder(run, TextEncoder(None, config.model.text_dim, config.model.max_text_tokens).identity)
+
+    def no_load(self, *args):
+        raise AssertionError("the text model must not even be loaded")
+
+    monkeypatch.setattr(TextEncoder, "_load_model", no_load)
+    result = generate(request(run, tmp_path / "a.png"), hardware)
+    assert result.parameters["text_encoder"] == "sha256 fallback"
+    assert result.parameters["text_encoder_identity"]["kind"] == "sha256"
+    # the same weights drawn with the fallback by choice (run_dir): the same pixels
+    assert result.image.tobytes() == generate(request(run_dir, tmp_path / "b.png"), hardware).image.tobytes()
+
+
+def test_a_checkpoint_whose_text_model_changed_or_is_missing_is_refused(
+        tiny_text_model: Path, tmp_path: Path, hardware, monkeypatch) -> None:
+    from engines.errors import ModelNotFoundError
+    from engines.origin.generation import sampler
+    from tiny_models import save_tiny_sentence_transformer
+
+    text_model = tmp_path / "models" / "tiny-text"
+    shutil.copytree(tiny_text_model, text_model)
+    config = tiny_config(resolution=RES)
+    config.model.text_encoder = str(text_model)
+    torch.manual_seed(0)
+    run = tmp_path / "run"
+    save_checkpoint(run, OriginModel(config.model), config)
+    identity = TextEncoder(str(text_model), config.model.text_dim, config.model.max_text_tokens).identity
+    record_text_encoder(run, identity)
+    drawn = generate(request(run, tmp_path / "ok.png", steps=1, cfg=1.0), hardware)  # the very model: it draws
+    assert drawn.parameters["text_encoder"] == str(text_model)
+    assert drawn.parameters["text_encoder_identity"] == identity
+
+    # other weights under the same name: the CLI says so in one sentence and exits non-zero
+    shutil.rmtree(text_model)
+    shutil.copytree(save_tiny_sentence_transformer(tmp_path / "retrained", seed=1), text_model)
+    out = tmp_path / "changed.png"
+    changed = run_app("--model", str(run), "--prompt", "cat", "--output", str(out), data_dir=tmp_path / "data")
+    assert changed.returncode == 4, changed.stderr
+    (line,) = [line for line in changed.stderr.splitlines() if line.startswith("error:")]
+    assert line == (f"error: This model was trained with the text model {text_model} (weights "
+                    f"{identity['weights_sha256'][:8]}), but the one here has other weights "
+                    f"({TextEncoder(str(text_model), 32, 8).identity['weights_sha256'][:8]}); put the original one "
+                    "back, or use a checkpoint trained with the text model you have (docs/models.md).")
+    assert "Traceback" not in changed.stderr and not out.exists()
+
+    # missing: refused before the Origin model itself is read
+    shutil.rmtree(text_model)
+    loads = []
+    monkeypatch.setattr(sampler, "load_model", lambda path: loads.append(path))
+    fresh = HardwareManager(MachineSettings(data_dir=tmp_path / "data2", cpu=True, offline=True),
+                            device_budget_bytes=2**30, host_budget_bytes=2**30)
+    with pytest.raises(ModelNotFoundError, match="which cannot be loaded here .*; put it in the models folder"):
+        generate(request(run, tmp_path / "missing.png"), fresh)
+    assert loads == [] and not (tmp_path / "missing.png").exists()
+
+
+def test_guidance_rescale_matches_the_conditional_spread_and_is_recorded(run_dir: Path, tmp_path: Path,
+                                                                         hardware, monkeypatch) -> None:
+    from engines.origin.generation import sampler
+    from engines.origin.generation.sampler import rescale_guidance
+
+    g = torch.Generator().manual_seed(0)
+    cond, uncond = torch.randn(2, 3, 8, 8, generator=g), torch.randn(2, 3, 8, 8, generator=g)
+    guided = uncond + 7.0 * (cond - uncond)  # strong guidance: a much wider spread than cond's
+    assert rescale_guidance(guided, cond, 0.0) is guided
+    full = rescale_guidance(guided, cond, 1.0)
+    torch.testing.assert_close(full.std(dim=(1, 2, 3)), cond.std(dim=(1, 2, 3)))
+    torch.testing.assert_close(rescale_guidance(guided, cond, 0.7), 0.7 * full + 0.3 * guided)
+    # The default follows the model's schedule (the test run is a version-2 zero_snr model); the PNG says.
+    used = []
+    monkeypatch.setattr(sampler, "rescale_guidance", lambda g, c, r: used.append(r) or rescale_guidance(g, c, r))
+    made = generate(request(run_dir, tmp_path / "r.png"), hardware)
+    assert made.parameters["guidance_rescale"] == 0.7 and set(used) == {0.7}
+    used.clear()
+    generate(request(run_dir, tmp_path / "r0.png", guidance_rescale=0.0), hardware)
+    assert read_png_parameters(tmp_path / "r0.png")["guidance_rescale"] == 0.0 and set(used) == {0.0}

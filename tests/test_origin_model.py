@@ -33,6 +33,8 @@ def one_torch_thread():
 def tiny_model(resolution: int = 32, **changes) -> OriginModel:
     torch.manual_seed(0)
     config = tiny_config(resolution).model
+    if changes.get("prediction_type") == "epsilon":
+        changes.setdefault("noise_schedule", "linear")  # zero_snr needs v-prediction
     return OriginModel(replace(config, **changes))
 
 
@@ -107,6 +109,8 @@ def test_fewer_experts_from_the_config() -> None:
     ({"prediction_type": "sample"}, "prediction_type"),
     ({"attention_levels": (3,)}, "attention level"),
     ({"resolution": 33}, "multiple of 2"),
+    ({"prediction_type": "epsilon", "noise_schedule": "zero_snr"}, "needs prediction_type v_prediction"),
+    ({"noise_schedule": "sigmoid"}, "noise_schedule"),
 ])
 def test_bad_configs_fail_with_one_sentence(changes: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
@@ -276,3 +280,99 @@ def test_the_model_conditioning_path_is_a_dataflow() -> None:
     assert order.index("text") < order.index("condition") < order.index("experts") < order.index("gnn")
     assert order.index("vision") < order.index("condition") and order.index("router") < order.index("fusion")
     assert order[-1] == "fusion"
+
+
+# -- version 2: the schedule, the caption in the time embedding, one expert, the plain baseline -------
+def test_new_configs_default_to_zero_snr_v_prediction_and_old_ones_keep_their_meaning() -> None:
+    from engines.origin.model.config import OriginConfig
+
+    current = OriginConfig()
+    assert (current.model.noise_schedule, current.model.prediction_type, current.model.caption_to_time) == (
+        "zero_snr", "v_prediction", True)
+    # A version-1 checkpoint's config, as it was saved (every field it had, and no newer ones).
+    saved = tiny_config(32).to_dict()
+    for key in ("noise_schedule", "caption_to_time", "caption_layers", "architecture"):
+        del saved["model"][key]
+    saved["model"]["prediction_type"] = "epsilon"
+    saved["version"] = 1
+    old = OriginConfig.from_dict(saved)
+    assert (old.model.noise_schedule, old.model.prediction_type, old.model.caption_to_time) == (
+        "linear", "epsilon", False)
+    # ... so its weights still fit the network its config builds (no time-embedding projection).
+    assert not any(key.startswith(("unet.cond_proj", "caption.")) for key in OriginModel(old.model).state_dict())
+    assert OriginConfig.from_dict(old.to_dict()) == old  # and it stays that way once saved again
+
+
+def test_the_training_schedule_reaches_pure_noise() -> None:
+    from engines.origin.model.config import OriginConfig
+    from engines.origin.model.schedule import training_scheduler
+
+    ab = training_scheduler(OriginConfig()).alphas_cumprod
+    assert ab[-1] == 0 and ab[0] > 0.99  # zero terminal SNR: the last level has no picture left
+    linear = OriginConfig.from_dict({"model": {"noise_schedule": "linear", "prediction_type": "epsilon"}})
+    assert float(training_scheduler(linear).alphas_cumprod[-1].sqrt()) > 0.006  # the washed-out schedule
+
+
+def test_the_caption_reaches_the_unet_time_embedding() -> None:
+    model = tiny_model()
+    x, t, tokens, mask = inputs(model)
+    values = model.flow.run({"x_t": x, "timesteps": t, "text_tokens": tokens, "text_mask": mask, "reference": None})
+    unet_inputs = (x, t, values["context"], values["context_mask"])
+
+    def difference() -> float:
+        with torch.no_grad():
+            heard = model.unet(*unet_inputs, cond=values["text_summary"])
+            deaf = model.unet(*unet_inputs, cond=torch.zeros_like(values["text_summary"]))
+        return float((heard - deaf).abs().max())
+
+    assert difference() == 0  # zero-initialised: a new model starts as the UNet without it
+    with torch.no_grad():  # as after some training: the zero-initialised layers have grown
+        for weight in model.unet.parameters():
+            if weight.dim() > 1 and not weight.any():
+                weight.normal_(std=0.1)
+    assert difference() > 1e-3
+
+
+def test_one_expert_without_a_graph_runs_and_learns() -> None:
+    model = tiny_model(expert_names=("color",), gnn_layers=0)
+    x, t, tokens, mask = inputs(model)
+    out = model(x, t, tokens, mask)
+    assert out.routing.shape == (2, 1) and torch.isfinite(out.sample).all()
+    aux = model.expert_aux_losses(out, x)
+    (out.sample.square().mean() + aux["color"]).backward()
+    assert model.experts.w1.grad is not None and torch.isfinite(model.experts.w1.grad).all()
+
+
+def test_the_plain_baseline_answers_like_origin() -> None:
+    from engines.origin.model.build import build_model
+
+    torch.manual_seed(0)
+    config = replace(tiny_config(32).model, architecture="plain")
+    model = build_model(config)
+    x, t, tokens, mask = inputs(model)
+    mask[1] = False  # an empty caption (classifier-free guidance's unconditional branch)
+    out = model(x, t, tokens, mask)
+    assert out.sample.shape == x.shape and torch.isfinite(out.sample).all()
+    assert out.routing.shape == (2, 1) and model.expert_aux_losses(out, x) == {}
+    assert model.parameter_counts()["total"] == sum(p.numel() for p in model.parameters())
+    with pytest.raises(ValueError, match="architecture"):
+        build_model(replace(config, architecture="transformer"))
+
+
+def test_word_order_reaches_the_context_even_from_order_blind_tokens() -> None:
+    """The SHA-256 fallback gives a word the same vector anywhere; the caption layers tell
+    "red circle, blue background" from "blue circle, red background"."""
+    from engines.origin.model.text_encoder import TextEncoder
+
+    encoder = TextEncoder(None, 32, 8)
+    tokens, mask = encoder.encode(["red circle, blue background", "blue circle, red background", ""])
+    for layers in (0, 1):
+        model = tiny_model(caption_layers=layers)
+        with torch.no_grad():
+            text = model.flow.run({"x_t": torch.zeros(3, 3, 32, 32), "timesteps": torch.zeros(3, dtype=torch.long),
+                                   "text_tokens": tokens, "text_mask": mask, "reference": None})
+        context, summary = text["text_context"], text["text_summary"]
+        same_set = torch.allclose(summary[0], summary[1], atol=1e-6)
+        assert same_set == (layers == 0)  # without the layers, only the set of words arrives
+        assert not text["text_context_mask"][2].any()  # the empty caption stays empty
+        assert not layers or not context[2].any()

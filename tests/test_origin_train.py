@@ -427,7 +427,9 @@ def test_tiny_model_overfits_eight_images(workdir, ctx):
     result = train(TrainRequest(data=data, run=workdir / "overfit", config=config, max_steps=120,
                                 write_checkpoints=False), ctx)
     first, last = result.losses[:25], result.losses[-25:]
-    assert sum(last) / len(last) < 0.3 * sum(first) / len(first)
+    # Measured: 0.35 with v-prediction on the zero_snr schedule (0.2 to 0.3 with epsilon on the linear
+    # one): at the noisiest levels there is no picture left to see, so the v loss has a higher floor.
+    assert sum(last) / len(last) < 0.45 * sum(first) / len(first)
 
 
 def test_stop_saves_a_checkpoint_to_resume_from(workdir, dataset, ctx):
@@ -450,3 +452,64 @@ def test_stop_saves_a_checkpoint_to_resume_from(workdir, dataset, ctx):
             cancel=cancel,
         )
     assert checkpoints.find_latest(workdir / "stopped").path.name == "step-000002"
+
+
+# -- the text encoder: recorded in every checkpoint, required on --resume -----------------------------------
+def test_a_run_on_the_fallback_records_it_and_resumes_with_it_when_the_model_appears(workdir, dataset, ctx,
+                                                                                     monkeypatch):
+    from engines.origin.model.text_encoder import TextEncoder
+    from tiny_models import save_tiny_sentence_transformer
+
+    later = workdir / "text-model-later"  # named by the config, not downloaded yet: the fallback
+    config = small_config(batch_size=4)
+    config = replace(config, model=replace(config.model, text_encoder=str(later / "encoder")))
+    run = workdir / "on-fallback"
+    first = train(TrainRequest(data=dataset, run=run, config=config, max_steps=1), ctx)
+    recorded = json.loads((first.checkpoint / "meta.json").read_text())["text_encoder"]
+    assert recorded == {"kind": "sha256", "id": "sha256", "dim": 32, "max_tokens": 8}
+    log = (run / "logs" / "main.log").read_text()
+    assert "text encoder: the SHA-256 word embedding (no text model)" in log
+    assert re.search(r"WARNING .*SHA-256 fallback embedding \(.*text-model-later.*\).*models folder", log)
+
+    save_tiny_sentence_transformer(later)  # the model is here now; the run keeps reading captions its way
+
+    def no_load(self, *args):
+        raise AssertionError("a run trained on the fallback must not switch to the model")
+
+    monkeypatch.setattr(TextEncoder, "_load_model", no_load)
+    second = train(TrainRequest(data=dataset, run=run, resume=True, max_steps=2), ctx)
+    assert json.loads((second.checkpoint / "meta.json").read_text())["text_encoder"] == recorded
+
+
+def test_resume_refuses_a_text_model_whose_weights_changed(workdir, dataset, ctx, capsys):
+    from tiny_models import save_tiny_sentence_transformer
+
+    model = save_tiny_sentence_transformer(workdir / "text-model")
+    config = small_config(batch_size=4)
+    config = replace(config, model=replace(config.model, text_encoder=str(model)))
+    run = workdir / "on-text-model"
+    first = train(TrainRequest(data=dataset, run=run, config=config, max_steps=1), ctx)
+    recorded = json.loads((first.checkpoint / "meta.json").read_text())["text_encoder"]
+    assert recorded["kind"] == "sentence-transformers" and recorded["id"] == str(model)
+    assert f"text encoder: {model} (weights {recorded['weights_sha256'][:8]})" in (run / "logs" / "main.log").read_text()
+
+    save_tiny_sentence_transformer(workdir / "text-model", seed=1)  # retrained in place
+    capsys.readouterr()
+    assert run_cli("--run", str(run), "--resume", "--max-steps", "2", data_dir=workdir / "studio") == 4
+    (error,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert error.startswith(f"error: This model was trained with the text model {model} (weights "
+                            f"{recorded['weights_sha256'][:8]}), but the one here has other weights")
+    assert checkpoints.find_latest(run).step == 1  # nothing trained on the wrong captions
+
+
+def test_resume_from_a_checkpoint_that_records_no_text_encoder_warns(workdir, dataset, ctx):
+    run = workdir / "older-studio"
+    first = train(TrainRequest(data=dataset, run=run, config=small_config(batch_size=4), max_steps=1), ctx)
+    meta_path = first.checkpoint / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["text_encoder"]  # as an older studio wrote it
+    meta_path.write_text(json.dumps(meta))
+    second = train(TrainRequest(data=dataset, run=run, resume=True, max_steps=2), ctx)
+    assert second.steps == 2
+    log = (run / "logs" / "main.log").read_text()
+    assert re.search(r"WARNING .*step-000001 records no text encoder .*resuming with the config's", log)

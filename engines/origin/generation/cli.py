@@ -1,7 +1,7 @@
 """`python app.py generate`: a manga panel from a trained Origin model, with a progress bar.
 
     python app.py generate --model runs/my-style --prompt "manga girl, forest background" --output girl.png
-        [--negative TEXT] [--seed S] [--steps N] [--cfg X] [--sampler {ddpm,ddim,dpm++,euler_a}]
+        [--negative TEXT] [--seed S] [--steps N] [--cfg X] [--guidance-rescale R] [--sampler {ddpm,ddim,dpm++,euler_a}]
         [--reference IMAGE] [--upscale {1,2,4}] [--width W] [--height H]
         [--detail X] [--vibrancy X] [--saturation X] [--contrast X] [--brightness X] [--no-enhance]
 """
@@ -28,6 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=None, help="same seed + same settings = same picture (default random)")
     parser.add_argument("--steps", type=int, default=30, help="denoising steps (default 30)")
     parser.add_argument("--cfg", type=float, default=5.0, help="how closely to follow the prompt (default 5, 1 = off)")
+    parser.add_argument("--guidance-rescale", type=float, default=None, metavar="R",
+                        help="0..1: keeps strong guidance from burning colours into noise (default: 0.7 for "
+                             "models on the zero_snr schedule, 0 for older ones)")
     parser.add_argument("--sampler", choices=SAMPLER_NAMES, default="ddim", help="the denoising method (default ddim)")
     parser.add_argument("--reference", type=Path, default=None, metavar="IMAGE",
                         help="a style reference or the previous panel")
@@ -57,7 +60,8 @@ def build_request(args: argparse.Namespace, outputs: Path):
         output = outputs / f"origin-{time.strftime('%Y%m%d-%H%M%S')}{'' if args.seed is None else f'-{args.seed}'}.png"
     return GenerateRequest(
         model=args.model, prompt=args.prompt, output=output, negative=args.negative, seed=args.seed,
-        steps=args.steps, cfg=args.cfg, sampler=args.sampler, reference=args.reference, upscale=args.upscale,
+        steps=args.steps, cfg=args.cfg, guidance_rescale=args.guidance_rescale, sampler=args.sampler,
+        reference=args.reference, upscale=args.upscale,
         width=args.width, height=args.height, enhance=settings,
     )
 

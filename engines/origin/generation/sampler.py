@@ -30,6 +30,7 @@ from engines.origin.generation.enhance import (UPSCALES, EnhanceSettings, SuperR
                                     find_sr_model)
 from engines.origin.model import checkpoints
 from engines.origin.model.config import OriginConfig
+from engines.origin.model.schedule import training_scheduler
 from engines.origin.model.pixels import DECODE_ERRORS, load_image_uint8, tensor_to_pil, to_model_range
 from engines.progress import CancelToken, OnStep, no_progress
 
@@ -45,6 +46,7 @@ SAMPLERS = {
 MAX_STEPS = 1000
 MAX_CFG = 30.0
 MAX_SIDE = 2048
+DEFAULT_GUIDANCE_RESCALE = 0.7  # the paper's value
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,10 @@ class GenerateRequest:
     seed: Optional[int] = None  # None: a random seed, recorded in the metadata
     steps: int = 30
     cfg: float = 5.0  # classifier-free guidance scale; 1 = no guidance
+    # Guidance rescale (Lin et al. 2023, section 3.4): pulls the guided prediction's spread back to
+    # the conditional one's, so strong guidance does not burn a zero_snr model's colours into
+    # noise. None: 0.7 for zero_snr models, 0 (off) for the others.
+    guidance_rescale: Optional[float] = None
     sampler: str = "ddim"  # ddpm | ddim | dpm++ | euler_a
     reference: Optional[Path] = None  # style reference / previous panel
     upscale: int = 1  # 1, 2 or 4
@@ -83,6 +89,9 @@ def check(request: GenerateRequest) -> None:
         raise InvalidRequestError(f"Steps must be a whole number from 1 to {MAX_STEPS}, not {request.steps}.")
     if not isinstance(request.cfg, (int, float)) or not math.isfinite(request.cfg) or not 0 <= request.cfg <= MAX_CFG:
         raise InvalidRequestError(f"The guidance scale (cfg) must be between 0 and {MAX_CFG:g}, not {request.cfg}.")
+    rescale = request.guidance_rescale
+    if rescale is not None and (not isinstance(rescale, (int, float)) or not 0 <= rescale <= 1):
+        raise InvalidRequestError(f"The guidance rescale must be between 0 and 1, not {rescale}.")
     if request.sampler not in SAMPLERS:
         raise InvalidRequestError(f"Sampler '{request.sampler}' is not one of {', '.join(SAMPLERS)}.")
     if request.upscale not in UPSCALES:
@@ -116,11 +125,11 @@ def _resolve(ref: Union[str, Path]) -> tuple[checkpoints.CheckpointInfo, OriginC
 
 def load_model(checkpoint: Path) -> Any:
     """An OriginModel with the checkpoint's weights (EMA when saved), in eval mode, on the CPU."""
-    from engines.origin.model.network import OriginModel
+    from engines.origin.model.build import build_model
 
     config, state, info = checkpoints.load_for_inference(checkpoint)
     try:
-        model = OriginModel(config.model)
+        model = build_model(config.model)
     except ValueError as error:  # the model's own check of its sizes
         raise CorruptModelError(f"The config saved with {info.path} does not describe a valid model ({error}).") from error
     try:
@@ -136,14 +145,6 @@ def _working_bytes(config: OriginConfig, height: int, width: int) -> int:
     # A rough activation estimate (two CFG branches, ~16 live full-resolution feature maps of
     # the UNet's base width in fp32); it only decides whether the model must be offloaded.
     return 2 * 16 * config.model.base_channels * height * width * 4
-
-
-def training_scheduler(config: OriginConfig) -> Any:
-    """The noise schedule the model was trained with (the trainer's DDPMScheduler)."""
-    from diffusers import DDPMScheduler
-
-    return DDPMScheduler(num_train_timesteps=config.train.num_train_timesteps,
-                         prediction_type=config.model.prediction_type)
 
 
 def make_scheduler(name: str, config: OriginConfig) -> Any:
@@ -176,9 +177,26 @@ def _preview(step_output: Any, x: Any) -> Any:
     return tensor_to_pil(estimate if estimate is not None else x)
 
 
+def guidance_rescale_for(request: GenerateRequest, config: OriginConfig) -> float:
+    """The request's guidance rescale, or the model's default (0.7 on the zero_snr schedule, else 0)."""
+    if request.guidance_rescale is not None:
+        return float(request.guidance_rescale)
+    return DEFAULT_GUIDANCE_RESCALE if config.model.noise_schedule == "zero_snr" else 0.0
+
+
+def rescale_guidance(guided: Any, cond: Any, rescale: float) -> Any:
+    """Lin et al. 2023 (3.4): scale the guided prediction to the conditional one's standard deviation
+    per image, and blend ``rescale`` of that with the plain guided prediction."""
+    if not rescale:
+        return guided
+    dims = tuple(range(1, guided.dim()))
+    matched = guided * (cond.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True).clamp(min=1e-8))
+    return rescale * matched + (1 - rescale) * guided
+
+
 def _denoise(model: Any, scheduler: Any, context: tuple[Any, Any], reference: Any, shape: tuple[int, ...],
              request: GenerateRequest, seed: int, dtype: Any, on_step: OnStep,
-             cancel: Optional[CancelToken]) -> Any:
+             cancel: Optional[CancelToken], rescale: float = 0.0) -> Any:
     import torch
 
     param = next(model.parameters())
@@ -206,7 +224,7 @@ def _denoise(model: Any, scheduler: Any, context: tuple[Any, Any], reference: An
             out = model(x_in, t_batch, tokens, mask, reference=reference).sample.float()
         if guided:
             uncond, cond = out.chunk(2)
-            out = uncond + request.cfg * (cond - uncond)
+            out = rescale_guidance(uncond + request.cfg * (cond - uncond), cond, rescale)
         step = scheduler.step(out, t, x, generator=generator)
         x = step.prev_sample
         every = request.preview_every
@@ -274,6 +292,9 @@ def generate(request: GenerateRequest, hardware: Any, *, on_step: OnStep = no_pr
     if request.steps > config.train.num_train_timesteps:
         raise InvalidRequestError(f"This model was trained with {config.train.num_train_timesteps} noise levels; "
                                   f"use at most that many steps, not {request.steps}.")
+    # The text encoder first: a checkpoint names the exact encoder it was trained with, and a missing
+    # or different one is refused before the (larger) model is read.
+    text_name = register_text_encoder(hardware, config.model, store=store, require=info.meta.get("text_encoder"))
     model_name = f"origin:{info.path}:{info.step}"
     if model_name not in hardware.pool:
         from engines.hardware import MemoryPolicy
@@ -282,13 +303,13 @@ def generate(request: GenerateRequest, hardware: Any, *, on_step: OnStep = no_pr
                           policy=MemoryPolicy(working_bytes=_working_bytes(config, height, width)), activate=False,
                           files=[f for f in info.path.iterdir() if f.suffix in (".safetensors", ".json")])
     sr_name = _sr_model_in_pool(info.path.parent.parent, request.upscale, hardware)
-    text_name = register_text_encoder(hardware, config.model, store=store)
     seed = request.seed if request.seed is not None else int.from_bytes(os.urandom(4), "little")
 
     # 3. the reference image and the scheduler
     reference = (_load_reference(request.reference, config.model.resolution)
                  if request.reference is not None else None)
     scheduler = make_scheduler(request.sampler, config)
+    rescale = guidance_rescale_for(request, config)
 
     # 4.-6. encode, denoise and enhance, one GPU job
     try:
@@ -299,10 +320,11 @@ def generate(request: GenerateRequest, hardware: Any, *, on_step: OnStep = no_pr
                 guided = request.cfg != 1.0
                 prompts = [request.negative.strip(), request.prompt.strip()] if guided else [request.prompt.strip()]
                 context = text.encode(prompts)
-                text_encoder = "sha256 fallback" if text.is_fallback else config.model.text_encoder
+                text_identity = text.identity
+                text_encoder = "sha256 fallback" if text.is_fallback else text_identity["id"]
             with hardware.use(model_name) as model:
                 pixels = _denoise(model, scheduler, context, reference, (1, 3, height, width), request, seed,
-                                  hardware.dtype("inference"), on_step, cancel)
+                                  hardware.dtype("inference"), on_step, cancel, rescale)
             with hardware.use(sr_name) if sr_name else nullcontext(None) as sr_model:
                 upscaler = describe_upscaler(request.upscale, sr_model)
                 image = enhance(tensor_to_pil(pixels), upscale=request.upscale, sr_model=sr_model,
@@ -317,13 +339,13 @@ def generate(request: GenerateRequest, hardware: Any, *, on_step: OnStep = no_pr
     # 7. the PNG and its metadata
     parameters = {
         "prompt": request.prompt, "negative": request.negative, "seed": seed, "steps": request.steps,
-        "cfg": request.cfg, "sampler": request.sampler, "model": str(info.path), "model_step": info.step,
+        "cfg": request.cfg, "guidance_rescale": rescale, "sampler": request.sampler, "model": str(info.path), "model_step": info.step,
         "model_epoch": info.epoch,
         "weights": "ema" if (info.path / "ema.safetensors").is_file() else "model",
         "reference": str(request.reference) if request.reference is not None else "",
         "upscale": request.upscale, "upscaler": upscaler, "width": image.width, "height": image.height,
         "base_width": width, "base_height": height, "enhance": request.enhance.as_dict(),
-        "text_encoder": text_encoder,
+        "text_encoder": text_encoder, "text_encoder_identity": text_identity,
         "prediction_type": config.model.prediction_type, "studio_version": __version__,
         "software": f"Inkframe Studio {__version__}",
     }

@@ -15,6 +15,13 @@ from engines.errors import InvalidRequestError
 
 # What the network predicts: the noise (epsilon) or the velocity v = sqrt(ab) eps - sqrt(1 - ab) x0.
 PREDICTION_TYPES = ("epsilon", "v_prediction")
+# "origin": the UNet conditioned through the experts and the GNN; "plain": a diffusers
+# UNet2DConditionModel on the caption alone, the baseline the benchmark holds Origin against.
+ARCHITECTURES = ("origin", "plain")
+CONFIG_VERSION = 2
+# What a version-1 config meant by the settings version 2 added (their defaults changed).
+_VERSION_1_MODEL = {"noise_schedule": "linear", "caption_to_time": False, "caption_layers": 0,
+                    "architecture": "origin"}
 EXPERT_NAMES = (
     "line_art", "color", "light", "anatomy", "scene", "camera", "story",
     "structure", "precision", "memory", "safety", "editing", "quality", "style",
@@ -43,7 +50,15 @@ class ModelConfig:
     router_temperature: float = 1.0  # initial value; learnable
     gnn_layers: int = 2
     gnn_heads: int = 4
-    prediction_type: str = "epsilon"  # or "v_prediction"
+    prediction_type: str = "v_prediction"  # or "epsilon" (not with the zero_snr schedule)
+    noise_schedule: str = "zero_snr"  # zero_snr | linear | cosine (schedule.py)
+    # The caption's pooled embedding joins the UNet's time embedding, so every ResNet block hears
+    # it (as SDXL's pooled text does), not only the cross-attention layers.
+    caption_to_time: bool = True
+    # The model's own transformer layers (with learned word positions) over the caption tokens, so
+    # word order reaches the cross-attention even from the order-blind SHA-256 fallback (caption.py).
+    caption_layers: int = 1
+    architecture: str = "origin"  # origin | plain (ARCHITECTURES)
 
     @property
     def num_experts(self) -> int:
@@ -76,6 +91,7 @@ class TrainConfig:
     mixed_precision: str = "auto"  # auto, no, fp16, bf16
     ema_decay: float = 0.999
     caption_dropout: float = 0.1  # for classifier-free guidance
+    offset_noise: float = 0.0  # per-channel noise offset (Guttenberg 2023); 0 = off
     num_train_timesteps: int = 1000
     checkpoint_every_epochs: int = 10
     milestones: tuple[int, ...] = (50, 100, 150, 200, 250, 300)
@@ -93,7 +109,7 @@ class OriginConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    version: int = 1
+    version: int = CONFIG_VERSION
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -114,11 +130,17 @@ class OriginConfig:
                     out[name] = (out[name],)
             return kind(**out)
 
+        # Saved configs (config.json, checkpoints) always carry their version; a hand-written one
+        # without it means the current defaults.
+        version = int(data.get("version", CONFIG_VERSION))
+        model = dict(data.get("model", {}))
+        if version < 2:
+            model = {**_VERSION_1_MODEL, **model}
         return cls(
-            model=build(ModelConfig, data.get("model", {})),
+            model=build(ModelConfig, model),
             loss=build(LossConfig, data.get("loss", {})),
             train=build(TrainConfig, data.get("train", {})),
-            version=int(data.get("version", 1)),
+            version=max(version, CONFIG_VERSION),
         )
 
     def save(self, path: Path) -> None:

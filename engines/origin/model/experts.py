@@ -86,7 +86,8 @@ class Experts(nn.Module):
     def forward(self, condition: Tensor) -> Tensor:
         base = condition[:, None, :] + self.identity
         alone = self.run(base)
-        heard = self.listen(self.listen_norm(alone))  # each expert hears only the others
+        # Each expert hears only the others (a lone expert has no one to hear).
+        heard = self.listen(self.listen_norm(alone)) if alone.shape[1] > 1 else torch.zeros_like(alone)
         informed = self.run(base + heard)
         return alone + informed
 

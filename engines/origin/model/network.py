@@ -25,10 +25,12 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from engines.origin.model.config import PREDICTION_TYPES, ModelConfig
+from engines.origin.model.caption import CaptionEncoder
+from engines.origin.model.config import ARCHITECTURES, PREDICTION_TYPES, ModelConfig
 from engines.origin.model.dataflow import DataFlow
 from engines.origin.model.experts import ExpertHeads, Experts, FusionHead, Router
 from engines.origin.model.gnn import ExpertGraph
+from engines.origin.model.schedule import check_schedule
 from engines.origin.model.unet import SinusoidalPosEmb, UNet
 from engines.origin.model.vision_encoder import EMBEDDINGS, VisionEncoder
 
@@ -48,6 +50,9 @@ def check_model_config(config: ModelConfig) -> None:
     if config.prediction_type not in PREDICTION_TYPES:
         raise ValueError(f"prediction_type {config.prediction_type!r} must be one of "
                          f"{', '.join(PREDICTION_TYPES)}")
+    check_schedule(config.noise_schedule, config.prediction_type)
+    if config.architecture not in ARCHITECTURES:
+        raise ValueError(f"architecture {config.architecture!r} must be one of {', '.join(ARCHITECTURES)}")
     if levels < 1 or config.resolution % 2 ** (levels - 1):
         raise ValueError(f"resolution {config.resolution} must be a multiple of {2 ** (levels - 1)} "
                          f"for {levels} UNet levels")
@@ -61,6 +66,9 @@ def check_model_config(config: ModelConfig) -> None:
             raise ValueError(f"{name} {width} is not divisible by {heads} heads")
     if not config.expert_names:
         raise ValueError("the model needs at least one expert")
+    if config.caption_layers < 0 or (config.caption_layers and config.context_dim % config.attention_heads):
+        raise ValueError(f"caption_layers {config.caption_layers} must be 0 or more, over a context_dim "
+                         f"{config.context_dim} divisible by {config.attention_heads} heads")
 
 
 def masked_mean(tokens: Tensor, mask: Tensor) -> Tensor:
@@ -79,6 +87,9 @@ class OriginModel(nn.Module):
 
         self.time_embed = nn.Sequential(SinusoidalPosEmb(d), nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
         self.text_proj = nn.Linear(config.text_dim, c)
+        self.caption = (CaptionEncoder(c, max_tokens=config.max_text_tokens, layers=config.caption_layers,
+                                       heads=config.attention_heads, dropout=config.dropout)
+                        if config.caption_layers > 0 else None)
         self.reference_encoder = VisionEncoder(vision_dim=v)
         # "No reference" is a point the model learns, not zeros it must treat as an image.
         self.null_reference = nn.Parameter(torch.zeros(len(EMBEDDINGS), v))
@@ -118,6 +129,8 @@ class OriginModel(nn.Module):
         if text_mask is None:
             text_mask = torch.ones(text_tokens.shape[:2], dtype=torch.bool, device=text_tokens.device)
         context = self.text_proj(text_tokens)
+        if self.caption is not None:
+            context = self.caption(context, text_mask)
         return {"text_context": context, "text_context_mask": text_mask.bool(),
                 "text_summary": masked_mean(context, text_mask)}
 
@@ -181,7 +194,8 @@ class OriginModel(nn.Module):
         self._check_inputs(x_t, timesteps, text_tokens, text_mask, reference)
         values = self.flow.run({"x_t": x_t, "timesteps": timesteps, "text_tokens": text_tokens.to(x_t.dtype),
                                 "text_mask": text_mask, "reference": reference})
-        sample = self.unet(x_t, timesteps, values["context"], values["context_mask"])
+        sample = self.unet(x_t, timesteps, values["context"], values["context_mask"],
+                           cond=values["text_summary"])
         return OriginOutput(sample=sample, routing=values["routing"], expert_states=values["expert_states"])
 
     def expert_aux_losses(self, output: OriginOutput, clean: Tensor) -> dict[str, Tensor]:
@@ -200,7 +214,8 @@ class OriginModel(nn.Module):
 
         counts = {
             "unet": count(self.unet),
-            "text_and_vision": count(self.text_proj, self.reference_encoder, self.null_reference,
+            "text_and_vision": count(self.text_proj, *([self.caption] if self.caption is not None else []),
+                                     self.reference_encoder, self.null_reference,
                                      self.reference_proj, self.canvas_encoder, self.time_embed,
                                      self.to_condition),
             "router": count(self.router),

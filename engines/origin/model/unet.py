@@ -195,13 +195,18 @@ class UNet(nn.Module):
     def __init__(self, *, in_channels: int = 3, base_channels: int = 64,
                  channel_mult: tuple[int, ...] = (1, 2, 4), num_res_blocks: int = 2,
                  attention_levels: tuple[int, ...] = (1, 2), attention_heads: int = 4,
-                 context_dim: int = 256, dropout: float = 0.0):
+                 context_dim: int = 256, dropout: float = 0.0, cond_dim: Optional[int] = None):
         super().__init__()
         self.num_levels = len(channel_mult)
         self.gradient_checkpointing = False
         time_dim = base_channels * 4
         self.time_mlp = nn.Sequential(SinusoidalPosEmb(base_channels), nn.Linear(base_channels, time_dim),
                                       nn.SiLU(), nn.Linear(time_dim, time_dim))
+        # A global condition (the pooled caption) added to the time embedding reaches every ResNet
+        # block's scale and shift; it starts at zero, so it begins as the unconditioned UNet.
+        self.cond_proj = (nn.Sequential(nn.Linear(cond_dim, time_dim), nn.SiLU(),
+                                        zero_init(nn.Linear(time_dim, time_dim)))
+                          if cond_dim else None)
         self.init_conv = nn.Conv2d(in_channels, base_channels, 3, padding=1)
 
         def layer(dim_in: int, dim_out: int, attention: bool) -> UNetLayer:
@@ -239,7 +244,8 @@ class UNet(nn.Module):
         return cls(in_channels=config.in_channels, base_channels=config.base_channels,
                    channel_mult=tuple(config.channel_mult), num_res_blocks=config.num_res_blocks,
                    attention_levels=tuple(config.attention_levels), attention_heads=config.attention_heads,
-                   context_dim=config.context_dim, dropout=config.dropout)
+                   context_dim=config.context_dim, dropout=config.dropout,
+                   cond_dim=config.context_dim if getattr(config, "caption_to_time", False) else None)
 
     def check_size(self, height: int, width: int) -> None:
         factor = 2 ** (self.num_levels - 1)
@@ -256,9 +262,13 @@ class UNet(nn.Module):
         return layer(h, t, context, mask)
 
     def forward(self, x: Tensor, timesteps: Tensor, context: Tensor,
-                context_mask: Optional[Tensor] = None) -> Tensor:
+                context_mask: Optional[Tensor] = None, cond: Optional[Tensor] = None) -> Tensor:
         self.check_size(*x.shape[-2:])
         t = self.time_mlp(timesteps)
+        if self.cond_proj is not None:
+            if cond is None:
+                raise ValueError("this UNet takes a global condition (cond) with its time embedding")
+            t = t + self.cond_proj(cond.to(t.dtype))
         h = self.init_conv(x)
         skips = [h]
         for block in self.downs:

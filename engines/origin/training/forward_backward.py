@@ -95,8 +95,12 @@ class TextCache:
 
 
 def draw_inputs(window: list[dict], *, seed: int, step: int, process_index: int, caption_dropout: float,
-                num_timesteps: int, device: Any) -> list[StepInputs]:
-    """The step's randomness, drawn on the CPU (same numbers on any device) before any model work."""
+                num_timesteps: int, device: Any, offset_noise: float = 0.0) -> list[StepInputs]:
+    """The step's randomness, drawn on the CPU (same numbers on any device) before any model work.
+
+    ``offset_noise`` adds a per-image, per-channel constant to the noise (Guttenberg 2023), another
+    way to let the model move an image's mean colour; drawn last, so 0 leaves the stream unchanged.
+    """
     from engines.origin.training.data import drop_captions
 
     generator = torch.Generator("cpu").manual_seed(step_seed(seed, step, process_index))
@@ -112,6 +116,8 @@ def draw_inputs(window: list[dict], *, seed: int, step: int, process_index: int,
         # Another picture of the same batch as the reference, never the picture itself (the
         # model would learn to copy it).
         reference = torch.roll(clean, shifts=1, dims=0) if with_reference else None
+        if offset_noise:
+            noise = noise + offset_noise * torch.randn((size, noise.shape[1], 1, 1), generator=generator)
         out.append(StepInputs(clean, captions, noise.to(device), timesteps.to(device), reference))
     return out
 

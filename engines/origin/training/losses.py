@@ -70,14 +70,20 @@ def min_snr_weights(snr_values: Tensor, gamma: float, prediction_type: str) -> T
     """Per-sample Min-SNR-gamma weights (Hang et al. 2023, "Efficient Diffusion Training via Min-SNR").
 
     The paper's weight on the x0-loss is min(SNR, gamma). An epsilon loss equals the x0-loss
-    divided by SNR, so its weight is min(SNR, gamma) / SNR; a v loss equals the x0-loss divided
-    by SNR + 1, so its weight is min(SNR, gamma) / (SNR + 1). gamma <= 0 turns weighting off.
+    divided by SNR, so its weight is min(SNR, gamma) / SNR. A v loss equals the x0-loss divided
+    by SNR + 1; here its x0 weight is also kept at 1 or more ("truncated SNR", Salimans & Ho 2022),
+    so the v weight is min(max(SNR, 1), gamma) / (SNR + 1). The paper's min(SNR, gamma) / (SNR + 1)
+    goes to 0 with the SNR: on the zero_snr schedule the noisiest levels, where the picture's
+    colours and layout are decided from the caption alone, would teach the model nothing
+    (bench_origin_learns measured the background colour at chance with it). gamma <= 0 turns
+    weighting off.
     """
     _check_prediction_type(prediction_type)
     if gamma <= 0:
         return torch.ones_like(snr_values)
-    clipped = snr_values.clamp(max=gamma)
-    return clipped / snr_values if prediction_type == "epsilon" else clipped / (snr_values + 1)
+    if prediction_type == "epsilon":
+        return snr_values.clamp(max=gamma) / snr_values
+    return snr_values.clamp(min=1.0, max=max(gamma, 1.0)) / (snr_values + 1)
 
 
 def diffusion_loss(model_output: Tensor, target: Tensor, timesteps: Tensor, scheduler, min_snr_gamma: float,

@@ -47,7 +47,8 @@ class OptimizerStep:
         # 1. the step's randomness, fixed before any attempt so a retry redraws nothing
         inputs = draw_inputs(window, seed=cfg.train.seed, step=number, process_index=self.acc.process_index,
                              caption_dropout=cfg.train.caption_dropout,
-                             num_timesteps=cfg.train.num_train_timesteps, device=self.acc.device)
+                             num_timesteps=cfg.train.num_train_timesteps, device=self.acc.device,
+                             offset_noise=cfg.train.offset_noise)
         for batch in window:
             t.cache_tally.add(batch.get("cache", []))
 

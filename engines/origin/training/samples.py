@@ -51,7 +51,8 @@ def write_samples(*, run_dir: Path, step: int, model: Any, ema: Any, text_encode
             context = text_encoder.encode(["", prompt])
             pixels = sampler._denoise(model, sampler.make_scheduler("ddim", config), context, None,
                                       (1, 3, resolution, resolution), request, SAMPLE_SEED + i, torch.float32,
-                                      lambda *a, **k: None, None)
+                                      lambda *a, **k: None, None,
+                                      sampler.guidance_rescale_for(request, config))
             path = out_dir / f"step-{step:06d}-{i}.png"
             sampler.save_png(
                 tensor_to_pil(pixels),

@@ -100,15 +100,15 @@ def evaluate(checkpoint: Path, data: Path, device: Any, text: Any) -> float:
     ``text`` is the caption encoder (a ``TextEncoder``) the trials share.
     """
     import torch
-    from diffusers import DDPMScheduler
 
     from engines.origin.model import checkpoints
+    from engines.origin.model.build import build_model
+    from engines.origin.model.schedule import training_scheduler
     from engines.origin.training.data import ArtDataset
     from engines.origin.training.losses import add_noise_target, diffusion_loss
-    from engines.origin.model.network import OriginModel
 
     config, state, _ = checkpoints.load_for_inference(checkpoint, prefer_ema=False)
-    model = OriginModel(config.model)
+    model = build_model(config.model)
     model.load_state_dict(state)
     model.to(device).eval()
     m = config.model
@@ -117,9 +117,7 @@ def evaluate(checkpoint: Path, data: Path, device: Any, text: Any) -> float:
     items = [dataset[i * len(dataset) // count] for i in range(count)]
     clean = torch.stack([item["image"] for item in items]).to(device)
     tokens, mask = text.encode([item["caption"] for item in items], device)
-    scheduler = DDPMScheduler(
-        num_train_timesteps=config.train.num_train_timesteps, prediction_type=m.prediction_type
-    )
+    scheduler = training_scheduler(config)
     generator = torch.Generator("cpu").manual_seed(0)
     noise = torch.randn(tuple(clean.shape), generator=generator).to(device)
     # Evenly spaced noise levels: every trial is judged on the same mix of easy and hard steps.

@@ -184,9 +184,9 @@ class Trainer:
     # 3. the network, text encoder, noise schedule and losses ---------------------------------------
     def _setup_model(self) -> None:
         import torch
-        from diffusers import DDPMScheduler
 
-        from engines.origin.model.network import OriginModel
+        from engines.origin.model.build import build_model
+        from engines.origin.model.schedule import training_scheduler
         from engines.origin.model.text_encoder import register_text_encoder
         from engines.origin.training.forward_backward import TextCache
         from engines.origin.training.losses import ArtLosses
@@ -194,17 +194,21 @@ class Trainer:
         # The same initial weights on every process and every run with this seed.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.config.train.seed)
-            self.model = OriginModel(self.config.model)
+            self.model = build_model(self.config.model)
         self.model.train()
         self.num_parameters = sum(p.numel() for p in self.model.parameters())
         m = self.config.model
         # The process's one text encoder, from the pool (the training samples draw with it too),
-        # held for the whole run so that memory pressure never evicts it between two steps.
-        name = register_text_encoder(self.hardware, m, store=getattr(self.ctx, "models", None))
+        # held for the whole run so that memory pressure never evicts it between two steps. A resumed
+        # run reads captions with exactly the encoder its checkpoints recorded (None: an older
+        # checkpoint that recorded none, which keeps the config's encoder and is warned about).
+        latest = checkpoints.find_latest(self.run_dir) if self.request.resume else None
+        self.required_text_encoder = latest.meta.get("text_encoder") if latest is not None else None
+        name = register_text_encoder(self.hardware, m, store=getattr(self.ctx, "models", None),
+                                     require=self.required_text_encoder)
         self.text_encoder = self._held.enter_context(self.hardware.use(name))
         self.text = TextCache(self.text_encoder)
-        self.noise_scheduler = DDPMScheduler(num_train_timesteps=self.config.train.num_train_timesteps,
-                                             prediction_type=m.prediction_type)
+        self.noise_scheduler = training_scheduler(self.config)
         self.art_losses = ArtLosses().to(self.accelerator.device)
 
     # 4. optimizer, LR schedule and controller, EMA; accelerate's prepare --------------------------
@@ -271,6 +275,8 @@ class Trainer:
         self._early_notes = []
 
     def _log_start(self, resumed_from: Optional[checkpoints.CheckpointInfo], memory: int) -> None:
+        from engines.origin.model.text_encoder import describe_identity
+
         a, t, m = self.accelerator, self.config.train, self.config.model
         if resumed_from is not None:
             p = self.progress
@@ -282,9 +288,15 @@ class Trainer:
             self.run_dir.name, len(self.dataset), m.resolution, t.epochs, self.steps_per_epoch, t.batch_size,
             t.gradient_accumulation, a.num_processes, self.progress.micro_batch, a.device, self.precision,
             self.num_parameters / 1e6, memory / 2**30)
+        self.logs.main.info("text encoder: %s", describe_identity(self.text_encoder.identity))
+        if resumed_from is not None and self.required_text_encoder is None:
+            self.logs.main.warning("%s records no text encoder (made by an older studio): resuming with the "
+                                   "config's, which must be the one it was trained with", resumed_from.path.name)
         if getattr(self.text_encoder, "is_fallback", False):
-            self.logs.main.warning("no text model could be loaded: captions use the SHA-256 fallback "
-                                   "embedding")
+            self.logs.main.warning(
+                "captions use the SHA-256 fallback embedding (%s), which knows words but not their meaning; "
+                "checkpoints record it and always generate with it. For a real text model, put it in the "
+                "models folder (docs/models.md) and start a new run", self.text_encoder.fallback_reason)
 
     # 6. the epochs ----------------------------------------------------------------------------------
     def _train(self) -> None:
@@ -379,6 +391,7 @@ class Trainer:
                 "lr_scale": self.controller.scale,
                 "processes": self.accelerator.num_processes,
                 "data": str(self.request.data),
+                "text_encoder": self.text_encoder.identity,  # generation and --resume require exactly it
                 **meta,
             },
         )
