@@ -3,13 +3,16 @@
 # artist's PC): the gpu-marked tests, then the GPU benchmarks in fp16 under --vram-limit 6, the
 # smallest card the studio is built for. Steps run most valuable first and share one deadline, so
 # a slow machine still reports the first ones.
-#   bench/run_gpu_checks.sh [OUT_DIR] [SECONDS]     (defaults: bench/results/gpu, 540)
+#   bench/run_gpu_checks.sh [OUT_DIR] [SECONDS] [GROUPS]   (defaults: bench/results/gpu, 540, "tests foundation learns")
+# GROUPS: tests (the gpu-marked tests), foundation (the pool/pipeline benchmarks), learns (Origin's
+# learns-benchmark at 64 px, one variant per step).
 # Writes OUT_DIR/checks.log (everything, RATIO lines at the end) and one JSON per benchmark.
 set -uo pipefail
 cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.."
 
 out="${1:-bench/results/gpu}"
 deadline=$((SECONDS + ${2:-540}))
+groups=" ${3:-tests foundation learns} "
 py="${PYTHON:-python3}"
 log="$out/checks.log"
 mkdir -p "$out"
@@ -36,15 +39,26 @@ step() {  # step NAME MAX_SECONDS COMMAND...: run with the smaller of MAX_SECOND
   "$py" -c 'import torch, diffusers, transformers; print("torch", torch.__version__, "diffusers", diffusers.__version__, "transformers", transformers.__version__)'
 } 2>&1 | tee -a "$log"
 
-step pytest_gpu 200 "$py" -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu_placement.py tests/test_gpu_origin.py
-step bench_origin_step 120 "$py" bench/bench_origin_step.py --device cuda --resolution 256 --precision bf16 --json "$out/bench_origin_step.json"
-for bench in bench_engine_overhead bench_pool_swap bench_from_pipe; do
-    step "$bench" 150 "$py" "bench/$bench.py" --device cuda --size sd15 --vram-limit 6 --precision fp16 --quick \
-        --json "$out/$bench.json"
-done
+if [[ $groups == *" tests "* ]]; then
+    step pytest_gpu 200 "$py" -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu_placement.py tests/test_gpu_origin.py
+fi
+if [[ $groups == *" learns "* ]]; then
+    # One variant per step, so each one's figures survive a deadline; the same data and seeds in each.
+    for variant in ${LEARNS_VARIANTS:-origin plain one_expert no_art_losses origin_v1}; do
+        step "learns_$variant" 170 "$py" bench/bench_origin_learns.py --device cuda --resolution 64 --steps "${LEARNS_STEPS:-3000}" \
+            --batch 32 --variants "$variant" --cfg 1.5,2.5,4 --json "$out/learns_$variant.json"
+    done
+fi
+if [[ $groups == *" foundation "* ]]; then
+    step bench_origin_step 120 "$py" bench/bench_origin_step.py --device cuda --resolution 256 --precision bf16 --json "$out/bench_origin_step.json"
+    for bench in bench_engine_overhead bench_pool_swap bench_from_pipe; do
+        step "$bench" 150 "$py" "bench/$bench.py" --device cuda --size sd15 --vram-limit 6 --precision fp16 --quick \
+            --json "$out/$bench.json"
+    done
+fi
 
 echo "== summary" | tee -a "$log"
-grep -hE "^(RATIO|ratio:|check:)|passed|failed" "$log" | tee -a "$log.summary" >/dev/null
+grep -hE "^(RATIO|GOAL|ratio:|check:|-- .*: all )|passed|failed" "$log" | tee -a "$log.summary" >/dev/null
 cat "$log.summary"
 rm -f "$log.summary"
 exit "$status"

@@ -33,3 +33,30 @@ def test_benchmark_runs_quick_and_prints_its_ratio(name: str, tmp_path: Path) ->
     data = json.loads(results.read_text(encoding="utf-8"))
     assert data["name"] == name and data["correct"] and data["mode"] == "quick"
     assert data["baseline_median_s"] > 0
+
+
+def test_learns_benchmark_runs_a_tiny_version_of_itself(tmp_path: Path) -> None:
+    """bench_origin_learns: the dataset, the trainer, the sampler and the judge, wired together on a
+    few steps (the scores of so short a run mean nothing; the judge's own tests are test_learns_judge.py)."""
+    results = tmp_path / "learns.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "bench_origin_learns.py"), "--quick", "--variants", "origin,plain",
+         "--sample-steps", "4", "--cfg", "4,1", "--json", str(results), "--keep", str(tmp_path / "kept")],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    output = f"--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-4000:]}"
+    assert proc.returncode == 0, output
+    assert re.search(r"^RATIO origin_learns = (\d+\.\d\dx \(target >= 1\.00\)|n/a )", proc.stdout, re.M), output
+    assert re.search(r"^GOAL background colour accuracy \d+ %", proc.stdout, re.M), output
+    data = json.loads(results.read_text(encoding="utf-8"))
+    origin, plain = data["variants"]["origin"], data["variants"]["plain"]
+    assert plain["config"]["architecture"] == "plain" and origin["config"]["noise_schedule"] == "zero_snr"
+    assert abs(plain["params"] - origin["params"]) < 0.25 * origin["params"]  # "of equal parameter count"
+    for row in (origin, plain):
+        for cfg in ("cfg 4", "cfg 1"):
+            for split in ("seen", "held_out"):
+                scores = row["eval"][cfg][split]
+                assert scores["count"] == 8
+                assert all(0.0 <= scores[a] <= 1.0 for a in ("background", "colour", "shape", "position", "all"))
+    assert 0.0 < origin["caption_share"] < 1.0 and plain["caption_share"] is None
+    assert (tmp_path / "kept" / "origin-cfg4-seen.png").is_file()
