@@ -427,9 +427,10 @@ def test_tiny_model_overfits_eight_images(workdir, ctx):
     result = train(TrainRequest(data=data, run=workdir / "overfit", config=config, max_steps=120,
                                 write_checkpoints=False), ctx)
     first, last = result.losses[:25], result.losses[-25:]
-    # Measured: 0.35 with v-prediction on the zero_snr schedule (0.2 to 0.3 with epsilon on the linear
-    # one): at the noisiest levels there is no picture left to see, so the v loss has a higher floor.
-    assert sum(last) / len(last) < 0.45 * sum(first) / len(first)
+    # Measured: 0.58 with v-prediction on the zero_snr schedule and Min-SNR's v weight floored at 1
+    # (0.2 to 0.3 with epsilon on the linear one): the noisiest levels, where there is no picture left
+    # to see, now count fully and hold a loss floor that 120 steps cannot remove. No learning is ~1.
+    assert sum(last) / len(last) < 0.7 * sum(first) / len(first)
 
 
 def test_stop_saves_a_checkpoint_to_resume_from(workdir, dataset, ctx):
