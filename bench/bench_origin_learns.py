@@ -178,8 +178,8 @@ def train_variant(config: Any, data: Path, run: Path, steps: int, ctx: Any) -> d
             "final_loss": sum(tail) / len(tail) if tail else float("nan")}
 
 
-def draw_pictures(checkpoint: Path, captions: list[str], cfg: float, args: argparse.Namespace, ctx: Any,
-                  batch: int = 64) -> list[Any]:
+def draw_pictures(checkpoint: Path, model: Any, config: Any, captions: list[str], cfg: float,
+                  args: argparse.Namespace, ctx: Any, batch: int = 64) -> list[Any]:
     """One picture per caption: the sampler's own scheduler, guidance and denoising loop, batched."""
     import torch
 
@@ -187,8 +187,6 @@ def draw_pictures(checkpoint: Path, captions: list[str], cfg: float, args: argpa
     from engines.origin.model.pixels import tensor_to_pil
     from engines.origin.model.text_encoder import register_text_encoder
 
-    info, config = sampler._resolve(checkpoint)
-    model = sampler.load_model(info.path).to(ctx.hardware.device.torch_device)
     with ctx.hardware.use(register_text_encoder(ctx.hardware, config.model, store=ctx.models)) as text:
         pictures = []
         for start in range(0, len(captions), batch):
@@ -260,12 +258,16 @@ def caption_share(checkpoint: Path, captions: list[str], ctx: Any) -> Optional[f
 
 def evaluate(checkpoint: Path, scenes: dict[str, list[Any]], args: argparse.Namespace, ctx: Any,
              sheet: Optional[Path]) -> dict[str, Any]:
+    from engines.origin.generation import sampler
+
+    info, config = sampler._resolve(checkpoint)
+    model = sampler.load_model(info.path).to(ctx.hardware.device.torch_device)
     out: dict[str, Any] = {}
     for cfg in args.cfgs:
         per_split = {}
         for split, items in scenes.items():
             captions = [scene.caption(lang) for scene, lang in items]
-            pictures = draw_pictures(checkpoint, captions, cfg, args, ctx)
+            pictures = draw_pictures(checkpoint, model, config, captions, cfg, args, ctx)
             results = [(scene, learns_data.judge(picture, scene)) for (scene, _), picture in zip(items, pictures)]
             per_split[split] = learns_data.score(results)
             if sheet is not None:

@@ -14,10 +14,20 @@ zero tokens, still all masked.
 
 from __future__ import annotations
 
+from typing import Any, Optional
+
 import torch
 from torch import Tensor, nn
 
 from engines.origin.model.unet import Attention, FeedForward
+
+
+def attend_mask(mask: Tensor) -> Tensor:
+    """``mask`` with the first slot switched on in rows that have no words: attention over an empty
+    row is NaN, so an empty caption attends to its first (zero-input) slot instead."""
+    attend = mask.bool().clone()
+    attend[~attend.any(dim=1), 0] = True
+    return attend
 
 
 class CaptionEncoder(nn.Module):
@@ -32,12 +42,18 @@ class CaptionEncoder(nn.Module):
             for _ in range(layers)
         )
 
+    @classmethod
+    def from_config(cls, config: Any) -> "Optional[CaptionEncoder]":
+        """The caption layers a ``ModelConfig`` asks for over its context width, or None for 0 layers."""
+        if config.caption_layers <= 0:
+            return None
+        return cls(config.context_dim, max_tokens=config.max_text_tokens, layers=config.caption_layers,
+                   heads=config.attention_heads, dropout=config.dropout)
+
     def forward(self, tokens: Tensor, mask: Tensor) -> Tensor:
         keep = mask.bool()
-        # A row with no words attends to its first (zero) slot instead of to nothing (NaN); its
-        # output is zeroed below like every masked slot.
-        attend = keep.clone()
-        attend[~keep.any(dim=1), 0] = True
+        # An empty row's output is zeroed below like every masked slot.
+        attend = attend_mask(keep)
         h = tokens + self.position[: tokens.shape[1]].to(tokens.dtype)
         for norm1, attention, norm2, feed_forward in self.layers:
             h = h + attention(norm1(h), mask=attend)

@@ -87,9 +87,7 @@ class OriginModel(nn.Module):
 
         self.time_embed = nn.Sequential(SinusoidalPosEmb(d), nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
         self.text_proj = nn.Linear(config.text_dim, c)
-        self.caption = (CaptionEncoder(c, max_tokens=config.max_text_tokens, layers=config.caption_layers,
-                                       heads=config.attention_heads, dropout=config.dropout)
-                        if config.caption_layers > 0 else None)
+        self.caption = CaptionEncoder.from_config(config)
         self.reference_encoder = VisionEncoder(vision_dim=v)
         # "No reference" is a point the model learns, not zeros it must treat as an image.
         self.null_reference = nn.Parameter(torch.zeros(len(EMBEDDINGS), v))

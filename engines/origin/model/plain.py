@@ -18,7 +18,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from engines.origin.model.caption import CaptionEncoder
+from engines.origin.model.caption import CaptionEncoder, attend_mask
 from engines.origin.model.config import ModelConfig
 from engines.origin.model.network import OriginOutput, masked_mean
 from engines.origin.model.unet import norm_groups
@@ -36,10 +36,7 @@ class PlainModel(nn.Module):
         levels = range(len(widths))
         attention = set(config.attention_levels)
         self.text_proj = nn.Linear(config.text_dim, config.context_dim)
-        self.caption = (CaptionEncoder(config.context_dim, max_tokens=config.max_text_tokens,
-                                       layers=config.caption_layers, heads=config.attention_heads,
-                                       dropout=config.dropout)
-                        if config.caption_layers > 0 else None)
+        self.caption = CaptionEncoder.from_config(config)
         self.unet = UNet2DConditionModel(
             sample_size=config.resolution, in_channels=config.in_channels, out_channels=config.in_channels,
             block_out_channels=widths, layers_per_block=config.num_res_blocks,
@@ -63,9 +60,8 @@ class PlainModel(nn.Module):
         context = self.text_proj(text_tokens.to(x_t.dtype))
         if self.caption is not None:
             context = self.caption(context, text_mask)
-        # An empty caption (all-False mask) still gets one token to attend to: the projection's bias.
-        attend = text_mask.bool().clone()
-        attend[~attend.any(dim=1), 0] = True
+        # An empty caption (all-False mask) still gets one token to attend to.
+        attend = attend_mask(text_mask)
         pooled = masked_mean(context, text_mask) if self.config.caption_to_time else None
         sample = self.unet(x_t, timesteps, encoder_hidden_states=context, encoder_attention_mask=attend,
                            class_labels=pooled).sample
