@@ -318,3 +318,25 @@ def save_origin_checkpoint(run: Path, model, config, name: str = "epoch-000001",
         checkpoints.write_meta(folder, epoch=1, step=step, config=config)
     config.save(run / "config.json")
     return run / "checkpoints" / name
+
+
+# --- a tiny VAE for latent-space Origin -----------------------------------------------------------------
+def build_tiny_vae(seed: int = 0, levels: int = 2):
+    """A random-weight AutoencoderKL with SD's layout (4 latent channels) and ``2 ** (levels - 1)``x
+    downsampling; SD's scaling factor, so the code paths that scale latents are exercised."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    widths = (8, 16, 16, 16)[:levels]
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, block_out_channels=widths, layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * levels, up_block_types=("UpDecoderBlock2D",) * levels,
+        latent_channels=4, norm_num_groups=4, sample_size=32, scaling_factor=0.18215,
+    )
+
+
+def save_tiny_vae(folder: Path, seed: int = 0, levels: int = 2) -> Path:
+    """The tiny VAE as a diffusers folder (config.json + diffusion_pytorch_model.safetensors)."""
+    build_tiny_vae(seed, levels).save_pretrained(str(folder))
+    return folder

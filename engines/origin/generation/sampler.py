@@ -157,7 +157,7 @@ def make_scheduler(name: str, config: OriginConfig) -> Any:
         # never reaches pure noise and images come out washed out (Lin et al. 2023).
         "timestep_spacing": "trailing",
     }
-    if name == "dpm++":
+    if name == "dpm++" and config.model.space != "latent":
         # Pixel-space model: dynamic thresholding keeps DPM++'s x0 estimates inside [-1, 1]
         # under strong guidance (diffusers' advice for pixel-space DPM-Solver).
         options.update(thresholding=True, sample_max_value=1.0)
@@ -172,9 +172,10 @@ def _load_reference(path: Path, resolution: int) -> Any:
         raise InvalidRequestError(f"The reference image {path} cannot be read ({error}).") from error
 
 
-def _preview(step_output: Any, x: Any) -> Any:
+def _preview(step_output: Any, x: Any, to_rgb: Any = None) -> Any:
     estimate = getattr(step_output, "pred_original_sample", None)
-    return tensor_to_pil(estimate if estimate is not None else x)
+    estimate = estimate if estimate is not None else x
+    return tensor_to_pil(to_rgb(estimate).clamp(-1, 1) if to_rgb is not None else estimate)
 
 
 def guidance_rescale_for(request: GenerateRequest, config: OriginConfig) -> float:
@@ -196,7 +197,9 @@ def rescale_guidance(guided: Any, cond: Any, rescale: float) -> Any:
 
 def _denoise(model: Any, scheduler: Any, context: tuple[Any, Any], reference: Any, shape: tuple[int, ...],
              request: GenerateRequest, seed: int, dtype: Any, on_step: OnStep,
-             cancel: Optional[CancelToken], rescale: float = 0.0) -> Any:
+             cancel: Optional[CancelToken], rescale: float = 0.0, to_rgb: Any = None) -> Any:
+    """Seeded noise of ``shape`` denoised into pixels, or latents in latent space (``to_rgb``: their
+    approximate picture, for the previews)."""
     import torch
 
     param = next(model.parameters())
@@ -228,7 +231,7 @@ def _denoise(model: Any, scheduler: Any, context: tuple[Any, Any], reference: An
         step = scheduler.step(out, t, x, generator=generator)
         x = step.prev_sample
         every = request.preview_every
-        preview = _preview(step, x) if every and ((i + 1) % every == 0 or i + 1 == len(timesteps)) else None
+        preview = _preview(step, x, to_rgb) if every and ((i + 1) % every == 0 or i + 1 == len(timesteps)) else None
         on_step(i + 1, len(timesteps), f"denoising ({request.sampler})", preview)
     return x
 
@@ -274,9 +277,18 @@ def _sr_model_in_pool(run_dir: Path, upscale: int, hardware: Any) -> Optional[st
     return name
 
 
+def _legacy_vae(model_config: Any) -> None:
+    """A latent checkpoint always records its VAE; one that does not is damaged."""
+    raise CorruptModelError("This latent-space checkpoint does not say which VAE it was trained with "
+                            "(its meta.json has no 'vae'); use another checkpoint of the run.")
+
+
 def generate(request: GenerateRequest, hardware: Any, *, on_step: OnStep = no_progress,
              cancel: Optional[CancelToken] = None, store: Any = None) -> GenerateResult:
     """Run the whole generation and write ``request.output``; see the module docstring."""
+    from functools import partial
+
+    from engines.origin.model.latent import latents_to_rgb, register_vae
     from engines.origin.model.text_encoder import register_text_encoder
 
     started = time.perf_counter()
@@ -284,9 +296,11 @@ def generate(request: GenerateRequest, hardware: Any, *, on_step: OnStep = no_pr
     check(request)
     # 2. the checkpoint and the text encoder, in the pool (a second generation skips both loads)
     info, config = _resolve(request.model)
-    height = request.height or config.model.resolution
-    width = request.width or config.model.resolution
-    factor = 2 ** (len(config.model.channel_mult) - 1)
+    m = config.model
+    height = request.height or m.resolution
+    width = request.width or m.resolution
+    latent = m.space == "latent"
+    factor = 2 ** (len(m.channel_mult) - 1) * m.latent_factor
     if height % factor or width % factor:
         raise InvalidRequestError(f"This model needs a width and height divisible by {factor}, not {width}x{height}.")
     if request.steps > config.train.num_train_timesteps:
@@ -295,19 +309,25 @@ def generate(request: GenerateRequest, hardware: Any, *, on_step: OnStep = no_pr
     # The text encoder first: a checkpoint names the exact encoder it was trained with, and a missing
     # or different one is refused before the (larger) model is read.
     text_name = register_text_encoder(hardware, config.model, store=store, require=info.meta.get("text_encoder"))
+    # A latent model draws in the space of exactly the VAE it was trained with; refused before its weights load.
+    vae_name = (register_vae(hardware, m.vae, store=store, require=info.meta.get("vae") or _legacy_vae(m))
+                if latent else None)
     model_name = f"origin:{info.path}:{info.step}"
     if model_name not in hardware.pool:
         from engines.hardware import MemoryPolicy
 
         hardware.register(model_name, load_model(info.path), loader=lambda: load_model(info.path),
-                          policy=MemoryPolicy(working_bytes=_working_bytes(config, height, width)), activate=False,
+                          policy=MemoryPolicy(working_bytes=_working_bytes(config, height // m.latent_factor,
+                                                                           width // m.latent_factor)),
+                          activate=False,
                           files=[f for f in info.path.iterdir() if f.suffix in (".safetensors", ".json")])
     sr_name = _sr_model_in_pool(info.path.parent.parent, request.upscale, hardware)
     seed = request.seed if request.seed is not None else int.from_bytes(os.urandom(4), "little")
 
     # 3. the reference image and the scheduler
-    reference = (_load_reference(request.reference, config.model.resolution)
+    reference = (_load_reference(request.reference, m.resolution)
                  if request.reference is not None else None)
+    vae_identity = None
     scheduler = make_scheduler(request.sampler, config)
     rescale = guidance_rescale_for(request, config)
 
@@ -322,9 +342,23 @@ def generate(request: GenerateRequest, hardware: Any, *, on_step: OnStep = no_pr
                 context = text.encode(prompts)
                 text_identity = text.identity
                 text_encoder = "sha256 fallback" if text.is_fallback else text_identity["id"]
+            if latent:
+                # The reference is read in the space the model draws in, by the same VAE.
+                with hardware.use(vae_name) as codec:
+                    vae_identity = codec.identity
+                    to_rgb = partial(latents_to_rgb, rgb_map=codec.rgb_map)
+                    if reference is not None:
+                        reference = codec.encode(reference)
+                shape = (1, m.in_channels, height // m.latent_factor, width // m.latent_factor)
+            else:
+                to_rgb, shape = None, (1, 3, height, width)
             with hardware.use(model_name) as model:
-                pixels = _denoise(model, scheduler, context, reference, (1, 3, height, width), request, seed,
-                                  hardware.dtype("inference"), on_step, cancel, rescale)
+                pixels = _denoise(model, scheduler, context, reference, shape, request, seed,
+                                  hardware.dtype("inference"), on_step, cancel, rescale, to_rgb=to_rgb)
+            if latent:
+                with hardware.use(vae_name) as codec:
+                    on_step(request.steps, request.steps, "decoding with the VAE", None)
+                    pixels = codec.decode(pixels, hardware)
             with hardware.use(sr_name) if sr_name else nullcontext(None) as sr_model:
                 upscaler = describe_upscaler(request.upscale, sr_model)
                 image = enhance(tensor_to_pil(pixels), upscale=request.upscale, sr_model=sr_model,
@@ -346,7 +380,8 @@ def generate(request: GenerateRequest, hardware: Any, *, on_step: OnStep = no_pr
         "upscale": request.upscale, "upscaler": upscaler, "width": image.width, "height": image.height,
         "base_width": width, "base_height": height, "enhance": request.enhance.as_dict(),
         "text_encoder": text_encoder, "text_encoder_identity": text_identity,
-        "prediction_type": config.model.prediction_type, "studio_version": __version__,
+        "prediction_type": m.prediction_type, "space": m.space, "vae": vae_identity,
+        "studio_version": __version__,
         "software": f"Inkframe Studio {__version__}",
     }
     output = Path(request.output).expanduser()

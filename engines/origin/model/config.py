@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from engines.errors import InvalidRequestError
 
@@ -18,10 +18,14 @@ PREDICTION_TYPES = ("epsilon", "v_prediction")
 # "origin": the UNet conditioned through the experts and the GNN; "plain": a diffusers
 # UNet2DConditionModel on the caption alone, the baseline the benchmark holds Origin against.
 ARCHITECTURES = ("origin", "plain")
-CONFIG_VERSION = 2
-# What a version-1 config meant by the settings version 2 added (their defaults changed).
+SPACES = ("auto", "pixel", "latent")
+CONFIG_VERSION = 3
+# What older configs meant by the settings later versions added (their defaults differ): version 2
+# added the schedule and caption settings, version 3 the latent space.
 _VERSION_1_MODEL = {"noise_schedule": "linear", "caption_to_time": False, "caption_layers": 0,
                     "architecture": "origin"}
+_VERSION_2_MODEL = {"space": "pixel", "latent_factor": 1}
+LATENT_ABOVE = 128  # "auto" space: latent above this many pixels, pixel space up to it
 EXPERT_NAMES = (
     "line_art", "color", "light", "anatomy", "scene", "camera", "story",
     "structure", "precision", "memory", "safety", "editing", "quality", "style",
@@ -32,8 +36,14 @@ EXPERT_NAMES = (
 class ModelConfig:
     """The network: pixel-space UNet + text/vision conditioning + experts + GNN."""
 
-    resolution: int = 64  # training/sampling size in pixels, 64..512
-    in_channels: int = 3
+    resolution: int = 64  # training/sampling size in pixels (of the decoded picture in latent space)
+    # Where the UNet draws: "pixel" (R, G, B), "latent" (the latents of the frozen ``vae``, 8x
+    # smaller each side, so 512 px costs what 64 px costs in pixels; model/latent.py) or "auto"
+    # (latent above 128 px). A run's config.json and checkpoints hold the resolved space.
+    space: str = "auto"
+    vae: str = "stabilityai/sd-vae-ft-mse"  # latent space only: a hub id, folder or single file
+    in_channels: int = 3  # 3 in pixel space; the VAE's latent channels (4) in latent space
+    latent_factor: int = 1  # pixels per latent along each side: 1 in pixel space, the VAE's (8) in latent
     base_channels: int = 64
     channel_mult: tuple[int, ...] = (1, 2, 4)
     num_res_blocks: int = 2
@@ -63,6 +73,11 @@ class ModelConfig:
     @property
     def num_experts(self) -> int:
         return len(self.expert_names)
+
+    @property
+    def sample_size(self) -> int:
+        """Side of the tensor the UNet works on: the resolution, or the latents' side."""
+        return self.resolution // max(1, self.latent_factor)
 
 
 @dataclass
@@ -136,6 +151,8 @@ class OriginConfig:
         model = dict(data.get("model", {}))
         if version < 2:
             model = {**_VERSION_1_MODEL, **model}
+        if version < 3:
+            model = {**_VERSION_2_MODEL, **model}
         return cls(
             model=build(ModelConfig, model),
             loss=build(LossConfig, data.get("loss", {})),
@@ -152,6 +169,32 @@ class OriginConfig:
             return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
         except (OSError, ValueError) as error:
             raise InvalidRequestError(f"Cannot read the config {path}: {error}.") from error
+
+
+def resolve_space(config: OriginConfig, space: Optional[str] = None) -> OriginConfig:
+    """``config`` with a concrete space: ``space`` if given, else the config's, "auto" decided by size.
+
+    Pixel space also resets the latent geometry (3 channels, factor 1); latent space keeps the
+    config's until the VAE is loaded and says what it is (``with_latent_geometry``).
+    """
+    from dataclasses import replace
+
+    chosen = space or config.model.space
+    if chosen not in SPACES:
+        raise InvalidRequestError(f"The space must be one of {', '.join(SPACES)}, not '{chosen}'.")
+    if chosen == "auto":
+        chosen = "latent" if config.model.resolution > LATENT_ABOVE else "pixel"
+    model = replace(config.model, space=chosen)
+    if chosen == "pixel":
+        model = replace(model, in_channels=3, latent_factor=1)
+    return replace(config, model=model)
+
+
+def with_latent_geometry(config: OriginConfig, latent_channels: int, factor: int) -> OriginConfig:
+    """A latent-space config with the loaded VAE's channels and downsampling factor."""
+    from dataclasses import replace
+
+    return replace(config, model=replace(config.model, in_channels=int(latent_channels), latent_factor=int(factor)))
 
 
 def tiny_config(resolution: int = 32) -> OriginConfig:

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from engines.origin.model.caption import CaptionEncoder
-from engines.origin.model.config import ARCHITECTURES, PREDICTION_TYPES, ModelConfig
+from engines.origin.model.config import ARCHITECTURES, PREDICTION_TYPES, SPACES, ModelConfig
 from engines.origin.model.dataflow import DataFlow
 from engines.origin.model.experts import ExpertHeads, Experts, FusionHead, Router
 from engines.origin.model.gnn import ExpertGraph
@@ -53,9 +53,14 @@ def check_model_config(config: ModelConfig) -> None:
     check_schedule(config.noise_schedule, config.prediction_type)
     if config.architecture not in ARCHITECTURES:
         raise ValueError(f"architecture {config.architecture!r} must be one of {', '.join(ARCHITECTURES)}")
-    if levels < 1 or config.resolution % 2 ** (levels - 1):
-        raise ValueError(f"resolution {config.resolution} must be a multiple of {2 ** (levels - 1)} "
-                         f"for {levels} UNet levels")
+    if config.space not in SPACES:
+        raise ValueError(f"space {config.space!r} must be one of {', '.join(SPACES)}")
+    if config.latent_factor < 1 or config.resolution % config.latent_factor:
+        raise ValueError(f"resolution {config.resolution} must be a multiple of the latent factor "
+                         f"{config.latent_factor}")
+    if levels < 1 or config.sample_size % 2 ** (levels - 1):
+        raise ValueError(f"resolution {config.resolution} must be a multiple of "
+                         f"{config.latent_factor * 2 ** (levels - 1)} for {levels} UNet levels")
     bad_levels = [lv for lv in config.attention_levels if not 0 <= lv < levels]
     if bad_levels:
         raise ValueError(f"attention level {bad_levels[0]} does not exist; levels are 0..{levels - 1}")
@@ -88,11 +93,12 @@ class OriginModel(nn.Module):
         self.time_embed = nn.Sequential(SinusoidalPosEmb(d), nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
         self.text_proj = nn.Linear(config.text_dim, c)
         self.caption = CaptionEncoder.from_config(config)
-        self.reference_encoder = VisionEncoder(vision_dim=v)
+        # In latent space both encoders read latents (the reference is encoded by the same VAE).
+        self.reference_encoder = VisionEncoder(vision_dim=v, in_channels=config.in_channels)
         # "No reference" is a point the model learns, not zeros it must treat as an image.
         self.null_reference = nn.Parameter(torch.zeros(len(EMBEDDINGS), v))
         self.reference_proj = nn.Linear(v, c)
-        self.canvas_encoder = VisionEncoder(vision_dim=v, size=CANVAS_SIZE)
+        self.canvas_encoder = VisionEncoder(vision_dim=v, in_channels=config.in_channels, size=CANVAS_SIZE)
         self.to_condition = nn.Sequential(nn.Linear(d + c + 6 * v, d * 2), nn.SiLU(), nn.Linear(d * 2, d))
         self.router = Router(d, e, temperature=config.router_temperature)
         self.experts = Experts(d, e, heads=config.gnn_heads, dropout=config.dropout)
@@ -197,7 +203,10 @@ class OriginModel(nn.Module):
         return OriginOutput(sample=sample, routing=values["routing"], expert_states=values["expert_states"])
 
     def expert_aux_losses(self, output: OriginOutput, clean: Tensor) -> dict[str, Tensor]:
-        """One scalar loss per expert name (its auxiliary head vs a target computed from the clean image)."""
+        """One scalar loss per expert name (its auxiliary head vs a target computed from the clean image).
+
+        ``clean`` is RGB in [-1, 1]: in latent space, the clean latents' approximate picture.
+        """
         return self.expert_heads.losses(output.expert_states, clean)
 
     def enable_gradient_checkpointing(self, enabled: bool = True) -> None:

@@ -38,7 +38,7 @@ class PlainModel(nn.Module):
         self.text_proj = nn.Linear(config.text_dim, config.context_dim)
         self.caption = CaptionEncoder.from_config(config)
         self.unet = UNet2DConditionModel(
-            sample_size=config.resolution, in_channels=config.in_channels, out_channels=config.in_channels,
+            sample_size=config.sample_size, in_channels=config.in_channels, out_channels=config.in_channels,
             block_out_channels=widths, layers_per_block=config.num_res_blocks,
             down_block_types=tuple("CrossAttnDownBlock2D" if lv in attention else "DownBlock2D"
                                    for lv in levels),

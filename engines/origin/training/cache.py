@@ -167,6 +167,23 @@ class TensorCache:
         self._remember(ram_key, tensor)
         return tensor, self._count(source)
 
+    def contains(self, path: Path, params: str) -> bool:
+        """Whether ``path`` preprocessed with ``params`` is in RAM or on disk (no counting, no reading)."""
+        stat = os.stat(path)
+        file_key = (str(path), stat.st_mtime_ns, stat.st_size)
+        with self._lock:
+            if (*file_key, params) in self._ram:
+                return True
+        return self.disk_dir is not None and self._disk_file(file_key, params).is_file()
+
+    def put(self, path: Path, params: str, tensor: Any) -> None:
+        """Store a tensor computed elsewhere (a batch the VAE encoded at once) in both tiers."""
+        stat = os.stat(path)
+        file_key = (str(path), stat.st_mtime_ns, stat.st_size)
+        if self.disk_dir is not None:
+            self._write(self._disk_file(file_key, params), tensor, path, params)
+        self._remember((*file_key, params), tensor)
+
     def _count(self, source: str) -> str:
         with self._lock:
             self._counts.add(source)

@@ -1,6 +1,7 @@
 """`python app.py train`: train an Origin model, search its hyperparameters, or train the SR enhancer.
 
-    python app.py train --data DIR --run DIR [--resolution 64] [--epochs N] [--batch-size N]
+    python app.py train --data DIR --run DIR [--resolution 64] [--space auto|pixel|latent] [--vae MODEL]
+                        [--epochs N] [--batch-size N]
                         [--config FILE] [--resume] [--stage {main,sr}] [--search N] [--max-steps N]
     accelerate launch [--num_processes 2] app.py train ...     several GPUs or machines
 
@@ -33,6 +34,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the run folder for config, checkpoints, samples, metrics and logs "
                              "(a bare name means <data-dir>/runs/NAME)")
     parser.add_argument("--resolution", type=int, metavar="PX", help="training size in pixels (default 64)")
+    parser.add_argument("--space", choices=("auto", "pixel", "latent"),
+                        help="draw pixels, or the latents of a frozen VAE (512 px at the cost of 64 px); "
+                             "auto (default): latent above 128 px")
+    parser.add_argument("--vae", metavar="MODEL",
+                        help="latent space: the VAE, a hub id, folder or file (default stabilityai/sd-vae-ft-mse)")
     parser.add_argument("--epochs", type=int, metavar="N", help="passes over the dataset (default 100)")
     parser.add_argument("--batch-size", type=int, metavar="N", help="images per step (default 8)")
     parser.add_argument(
@@ -136,6 +142,8 @@ def run(args: argparse.Namespace, settings: MachineSettings) -> int:
             resolution=args.resolution,
             epochs=args.epochs,
             batch_size=args.batch_size,
+            space=args.space,
+            vae=args.vae,
             resume=args.resume,
             max_steps=args.max_steps,
             faults=_faults(),

@@ -118,6 +118,88 @@ class ArtDataset(Dataset):
         raise InvalidRequestError(f"None of the images in {self.root} can be decoded any more.")
 
 
+class LatentDataset(Dataset):
+    """An ``ArtDataset``'s images as the VAE's latents, kept in the ``TensorCache``.
+
+    The VAE runs once per image: ``fill`` encodes every image not cached yet, in batches, before
+    the first epoch, and every later epoch reads the small latents (32 KB for a 512 px image) from
+    RAM or the SSD. Items are ``ArtDataset``'s with ``"image"`` holding the latents ``[C, R/f, R/f]``.
+    Read in the training process (no DataLoader workers): nothing is left to decode, and the VAE
+    that encodes a miss lives there. The cache key holds the VAE's weight hash: another VAE, other
+    latents.
+    """
+
+    def __init__(self, images: ArtDataset, encode: Any, vae_identity: dict, cache: TensorCache) -> None:
+        """``encode``: ``[B, 3, R, R]`` in [-1, 1] -> ``[B, C, R/f, R/f]`` model latents."""
+        self.images = images
+        self.encode = encode
+        self.cache = cache
+        self.params = (f"latent;{images.cache_params};vae={str(vae_identity.get('weights_sha256'))[:16]};"
+                       f"scale={vae_identity.get('scaling_factor')};shift={vae_identity.get('shift_factor')};"
+                       "posterior=mean;dtype=float16")
+        self.encoded = 0  # images this process ran through the VAE
+
+    @property
+    def paths(self) -> list[str]:
+        return self.images.paths
+
+    @property
+    def root(self) -> Path:
+        return self.images.root
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def fill(self, batch_size: int = 8, on_step: Any = None) -> int:
+        """Encode every image that is not cached yet, ``batch_size`` per VAE call; returns how many."""
+        pending = [i for i, path in enumerate(self.paths) if i not in self.images._broken and not self._cached(path)]
+        done = 0
+        for start in range(0, len(pending), batch_size):
+            chunk, pixels = [], []
+            for i in pending[start:start + batch_size]:
+                try:
+                    pixels.append(to_model_range(load_image_uint8(Path(self.paths[i]), self.images.resolution)))
+                    chunk.append(i)
+                except DECODE_ERRORS as error:
+                    self.images._broken.add(i)
+                    log.warning("skipping %s: it cannot be decoded (%s)", self.paths[i], error)
+            if chunk:
+                latents = self.encode(torch.stack(pixels)).to("cpu", torch.float16)
+                for i, latent in zip(chunk, latents):
+                    self.cache.put(Path(self.paths[i]), self.params, latent.clone())
+            done += len(chunk)
+            if on_step is not None:
+                on_step(min(start + batch_size, len(pending)), len(pending), "encoding the dataset with the VAE")
+        self.encoded += done
+        return done
+
+    def _cached(self, path: str) -> bool:
+        try:
+            return self.cache.contains(Path(path), self.params)
+        except OSError:  # deleted since the dataset was indexed: the decode below says so and skips it
+            return False
+
+    def _encode_one(self, path: Path) -> torch.Tensor:
+        pixels = to_model_range(load_image_uint8(path, self.images.resolution)).unsqueeze(0)
+        self.encoded += 1
+        return self.encode(pixels)[0].to("cpu", torch.float16)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        for offset in range(len(self.paths)):
+            i = (index + offset) % len(self.paths)
+            if i in self.images._broken:
+                continue
+            path = Path(self.paths[i])
+            try:
+                latents, source = self.cache.lookup(path, self.params, lambda: self._encode_one(path))
+            except DECODE_ERRORS as error:
+                self.images._broken.add(i)
+                log.warning("skipping %s: it cannot be decoded (%s)", path, error)
+                continue
+            return {"image": latents.float(), "caption": read_caption(path), "path": str(path), "cache": source}
+        raise InvalidRequestError(f"None of the images in {self.root} can be decoded any more.")
+
+
 def default_num_workers() -> int:
     """One worker per core the process may use, less one for the training loop, at most 8."""
     try:

@@ -52,7 +52,7 @@ def step_seed(seed: int, step: int, process_index: int) -> int:
 class StepInputs:
     """One loaded batch with the randomness of its step, all on the training device."""
 
-    clean: torch.Tensor  # [B, 3, R, R] in [-1, 1]
+    clean: torch.Tensor  # [B, 3, R, R] pixels in [-1, 1], or [B, C, R/f, R/f] latents in latent space
     captions: list[str]  # after caption dropout
     noise: torch.Tensor
     timesteps: torch.Tensor  # [B] long
@@ -126,7 +126,9 @@ class LossComputer:
     """Forward + backward of one step over its micro-batches; see the module docstring."""
 
     def __init__(self, accelerator: Any, model: Any, text: TextCache, noise_scheduler: Any, art_losses: Any,
-                 config: Any) -> None:
+                 config: Any, to_rgb: Optional[Any] = None) -> None:
+        """``to_rgb``: in latent space, latents -> their approximate picture (``latent.latents_to_rgb``),
+        which the art losses and the experts' targets read; None in pixel space."""
         self.accelerator = accelerator
         self.model = model  # a TrainingForward as prepared by accelerate (DDP-wrapped on several GPUs)
         self.text = text
@@ -134,6 +136,7 @@ class LossComputer:
         self.art_losses = art_losses
         self.config = config
         self.expert_names = tuple(config.model.expert_names)
+        self.to_rgb = to_rgb
 
     def forward_backward(self, inputs: list[StepInputs], micro_batch: int, *, seed: int, step: int,
                          poison: bool = False, fail: Optional[BaseException] = None) -> StepStats:
@@ -173,7 +176,10 @@ class LossComputer:
         reference = item.reference[start:end] if item.reference is not None else None
         tokens, mask = self.text.encode(item.captions[start:end], clean.device)
         x_t = self.scheduler.add_noise(clean, noise, timesteps)
-        out, aux = self.model(x_t, timesteps, tokens, mask, reference, clean)
+        # What the art losses and the experts' targets see: the pixels, or in latent space the
+        # latents' approximate picture at latent resolution (a linear map, no decoder: latent.py).
+        clean_rgb = self.to_rgb(clean) if self.to_rgb is not None else clean
+        out, aux = self.model(x_t, timesteps, tokens, mask, reference, clean_rgb)
         sample = out.sample.float()
         target = add_noise_target(self.scheduler, clean, noise, timesteps, prediction)
         terms = {
@@ -183,7 +189,8 @@ class LossComputer:
         }
         pred_clean = predicted_clean(self.scheduler, x_t, sample, timesteps, prediction)
         # Weighted by the signal fraction: the prediction is a blur at high noise (losses.py).
-        art = self.art_losses(pred_clean, clean, art_loss_weights(self.scheduler, timesteps))
+        pred_rgb = self.to_rgb(pred_clean) if self.to_rgb is not None else pred_clean
+        art = self.art_losses(pred_rgb, clean_rgb, art_loss_weights(self.scheduler, timesteps))
         terms.update(art)
         terms["expert_aux"] = (
             torch.stack([v.float() for v in aux.values()]).mean() if aux else sample.new_zeros(())

@@ -205,7 +205,8 @@ class OptimizerStep:
         started = time.perf_counter()
         try:
             paths = write_samples(run_dir=t.run_dir, step=number, model=t.unwrapped, ema=t.ema,
-                                  text_encoder=t.text_encoder, config=t.config, device=self.acc.device)
+                                  text_encoder=t.text_encoder, config=t.config, device=self.acc.device,
+                                  decode=t.decode if t.vae_name is not None else None)
         except Exception as error:  # noqa: BLE001 - a failed preview must never stop a days-long run
             t.logs.error.exception("step %d: sample images failed (%s); training continues", number, error)
             return

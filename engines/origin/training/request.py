@@ -13,7 +13,7 @@ from typing import Optional
 
 from engines.errors import InvalidRequestError
 from engines.origin.model import checkpoints
-from engines.origin.model.config import OriginConfig
+from engines.origin.model.config import OriginConfig, resolve_space
 
 PRECISIONS = ("auto", "no", "fp16", "bf16")
 
@@ -37,6 +37,8 @@ class TrainRequest:
     resolution: Optional[int] = None  # overrides config.model.resolution
     epochs: Optional[int] = None  # overrides config.train.epochs (may grow when resuming)
     batch_size: Optional[int] = None  # overrides config.train.batch_size
+    space: Optional[str] = None  # overrides config.model.space: auto | pixel | latent
+    vae: Optional[str] = None  # overrides config.model.vae (latent space)
     resume: bool = False  # continue from the newest good checkpoint in ``run``
     max_steps: Optional[int] = None  # stop after this many optimizer steps in total (trials, smoke runs)
     write_checkpoints: bool = True  # search trials only need their score
@@ -73,6 +75,14 @@ def resolve_config(request: TrainRequest) -> OriginConfig:
                                       "leave out --config, or start a new run with it.")
         # The checkpoint's config built the weights being resumed: it wins over any file.
         config = OriginConfig.from_dict(latest.meta["config"])
+        space = config.model.space
+        if request.space not in (None, "auto", space):
+            # A pixel model's weights read and draw 3 colour channels, a latent one's the VAE's 4.
+            raise InvalidRequestError(f"The run was trained in {space} space; it cannot resume in {request.space} "
+                                      f"space: start a new run with --space {request.space}.")
+        if request.vae is not None and space == "latent" and request.vae != config.model.vae:
+            raise InvalidRequestError(f"The run was trained in the latent space of the VAE {config.model.vae}; "
+                                      "it resumes with that VAE only: leave out --vae, or start a new run.")
         for name, value in (("resolution", request.resolution), ("batch_size", request.batch_size)):
             current = config.model.resolution if name == "resolution" else config.train.batch_size
             if value is not None and value != current:
@@ -83,6 +93,10 @@ def resolve_config(request: TrainRequest) -> OriginConfig:
     model = (
         config.model if request.resolution is None else replace(config.model, resolution=request.resolution)
     )
+    if request.vae is not None and not request.resume:
+        model = replace(model, vae=request.vae)
+    config = resolve_space(replace(config, model=model), None if request.resume else request.space)
+    model = config.model
     train = config.train
     if request.epochs is not None:
         train = replace(train, epochs=request.epochs)

@@ -18,8 +18,11 @@ SAMPLE_SEED = 1234
 
 
 def write_samples(*, run_dir: Path, step: int, model: Any, ema: Any, text_encoder: Any, config: Any,
-                  device: Any) -> list[Path]:
-    """One PNG per prompt in ``<run>/samples/step-<step>-<i>.png``; returns their paths."""
+                  device: Any, decode: Any = None) -> list[Path]:
+    """One PNG per prompt in ``<run>/samples/step-<step>-<i>.png``; returns their paths.
+
+    ``decode``: in latent space, latents -> pixels (the run's VAE).
+    """
     from engines.origin.generation import sampler
     from engines.origin.model.pixels import tensor_to_pil
 
@@ -29,6 +32,7 @@ def write_samples(*, run_dir: Path, step: int, model: Any, ema: Any, text_encode
     out_dir = Path(run_dir) / "samples"
     out_dir.mkdir(parents=True, exist_ok=True)
     resolution = config.model.resolution
+    shape = (1, config.model.in_channels, config.model.sample_size, config.model.sample_size)
     steps = min(SAMPLE_STEPS, config.train.num_train_timesteps)
     was_training = model.training
     # Swap the EMA weights in for the drawing and back out after: the training weights must
@@ -50,9 +54,10 @@ def write_samples(*, run_dir: Path, step: int, model: Any, ema: Any, text_encode
             )
             context = text_encoder.encode(["", prompt])
             pixels = sampler._denoise(model, sampler.make_scheduler("ddim", config), context, None,
-                                      (1, 3, resolution, resolution), request, SAMPLE_SEED + i, torch.float32,
-                                      lambda *a, **k: None, None,
+                                      shape, request, SAMPLE_SEED + i, torch.float32, lambda *a, **k: None, None,
                                       sampler.guidance_rescale_for(request, config))
+            if decode is not None:
+                pixels = decode(pixels)
             path = out_dir / f"step-{step:06d}-{i}.png"
             sampler.save_png(
                 tensor_to_pil(pixels),

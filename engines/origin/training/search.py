@@ -19,6 +19,7 @@ import math
 import random
 import shutil
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Optional
@@ -94,10 +95,11 @@ def params_near(rng: random.Random, best: TrialParams, max_batch: int) -> TrialP
     )
 
 
-def evaluate(checkpoint: Path, data: Path, device: Any, text: Any) -> float:
+def evaluate(checkpoint: Path, data: Path, device: Any, text: Any, vae: Any = None) -> float:
     """Diffusion loss of a checkpoint's raw weights at fixed noise and timesteps (the yardstick).
 
-    ``text`` is the caption encoder (a ``TextEncoder``) the trials share.
+    ``text`` is the caption encoder (a ``TextEncoder``) the trials share; ``vae`` the ``LatentCodec``
+    of a latent-space search (the images are scored as its latents).
     """
     import torch
 
@@ -116,6 +118,8 @@ def evaluate(checkpoint: Path, data: Path, device: Any, text: Any) -> float:
     count = min(EVAL_IMAGES, len(dataset))
     items = [dataset[i * len(dataset) // count] for i in range(count)]
     clean = torch.stack([item["image"] for item in items]).to(device)
+    if m.space == "latent":
+        clean = vae.encode(clean).to(device)
     tokens, mask = text.encode([item["caption"] for item in items], device)
     scheduler = training_scheduler(config)
     generator = torch.Generator("cpu").manual_seed(0)
@@ -134,6 +138,7 @@ def run_search(request: Any, trials: int, ctx: Any, *, on_step: OnStep = no_prog
     """Run ``trials`` short trainings of ``request`` (a TrainRequest) and keep the best configuration."""
     from accelerate import PartialState
 
+    from engines.origin.model.latent import register_vae
     from engines.origin.model.text_encoder import register_text_encoder
     from engines.origin.training.data import ArtDataset
     from engines.origin.training.request import TrainRequest, check
@@ -164,6 +169,8 @@ def run_search(request: Any, trials: int, ctx: Any, *, on_step: OnStep = no_prog
     main = PartialState().is_main_process
     # The trials and the yardstick read captions through the one encoder the trainer uses.
     text_name = register_text_encoder(ctx.hardware, base.model, store=getattr(ctx, "models", None))
+    vae_name = (register_vae(ctx.hardware, base.model.vae, store=getattr(ctx, "models", None))
+                if base.model.space == "latent" else None)
     rng = random.Random(base.train.seed)
     n_random = max(1, trials // 2)
     done: list[Trial] = []
@@ -188,9 +195,11 @@ def run_search(request: Any, trials: int, ctx: Any, *, on_step: OnStep = no_prog
             ),
             cancel=cancel,
         )
-        with ctx.hardware.use(text_name) as text:
+        with ctx.hardware.use(text_name) as text, (
+                ctx.hardware.use(vae_name) if vae_name else nullcontext()) as vae:
             score = (
-                evaluate(result.checkpoint, Path(request.data).expanduser(), ctx.hardware.device.torch_device, text)
+                evaluate(result.checkpoint, Path(request.data).expanduser(), ctx.hardware.device.torch_device, text,
+                         vae)
                 if result.checkpoint
                 else math.inf
             )

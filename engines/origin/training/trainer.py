@@ -5,8 +5,10 @@ several GPUs and machines (``accelerate launch app.py train ...``). The run fold
 everything (config.json, checkpoints/, samples/, metrics.jsonl, tensorboard/, logs/); see
 docs/training.md for the artist's side. The steps of ``Trainer.run``:
 
+0. in latent space, the frozen VAE (its latent geometry completes the config)
 1. the accelerator and the run folder (config.json, logs)
-2. the data: ArtDataset through the two-tier TensorCache, a seeded DataLoader
+2. the data: ArtDataset through the two-tier TensorCache (in latent space, the VAE's latents of
+   the images, encoded once before the first epoch), a seeded DataLoader
 3. the network, the frozen text encoder, the noise schedule and the art losses
 4. AdamW, warm-up + cosine schedule, the adaptive LR controller, EMA weights
 5. resume from the newest good checkpoint (``--resume``)
@@ -64,7 +66,7 @@ def mixed_precision_for(requested: str, hardware: Any, device_type: str) -> str:
 def estimate_memory(config: OriginConfig, num_parameters: int, micro_batch: int) -> int:
     """Bytes a run holds: weights, gradients, two Adam moments and EMA (5 fp32 copies) + activations."""
     per_sample = (
-        ACTIVATION_BYTES_PER_CHANNEL_AT_64 * config.model.base_channels * (config.model.resolution / 64) ** 2
+        ACTIVATION_BYTES_PER_CHANNEL_AT_64 * config.model.base_channels * (config.model.sample_size / 64) ** 2
     )
     return int(num_parameters * 4 * 5 + per_sample * micro_batch)
 
@@ -93,17 +95,22 @@ class Trainer:
         self._saved_at_step: Optional[int] = None
         self._early_notes: list[str] = []  # said in main.log once the logs are open
         self._held = ExitStack()  # pool models this run keeps in use until it ends
+        self.vae_name: Optional[str] = None  # latent space: the VAE's pool name
+        self.vae_identity: Optional[dict] = None
+        self.rgb_map: Any = None  # latent space: the VAE's latent -> RGB approximation (latent.py)
 
     # -- the whole run ----------------------------------------------------------------------------
     def run(self) -> TrainResult:
         started = time.perf_counter()
-        self._setup_accelerator()  # 1.
         try:
+            self._setup_space()  # 0.
+            self._setup_accelerator()  # 1.
             self._setup_data()  # 2.
             self._setup_model()  # 3.
             self._setup_optimization()  # 4.
             resumed_from = self._resume()  # 5.
             self._open_logs(resumed_from)
+            self._fill_latent_cache()
             memory = estimate_memory(self.config, self.num_parameters, self.progress.micro_batch)
             with self.hardware.reserve_for_training(memory, name=f"training {self.run_dir.name}"):
                 self._log_start(resumed_from, memory)
@@ -131,6 +138,52 @@ class Trainer:
             p.step, p.epoch + 1, p.batch_in_epoch, p.micro_batch, type(error).__name__, error,
             f"`train --run {self.run_dir} --resume` continues from {latest.path.name}" if latest
             else "no checkpoint yet; start the run again", exc_info=error)
+
+    # 0. the space -----------------------------------------------------------------------------------
+    def _setup_space(self) -> None:
+        """In latent space: the VAE (exactly the checkpoint's when resuming) and the config's latent geometry."""
+        if self.config.model.space != "latent":
+            return
+        from engines.errors import InvalidRequestError
+        from engines.origin.model.config import with_latent_geometry
+        from engines.origin.model.latent import register_vae
+
+        latest = checkpoints.find_latest(self.run_dir) if self.request.resume else None
+        required = latest.meta.get("vae") if latest is not None else None
+        self.vae_name = register_vae(self.hardware, self.config.model.vae, store=getattr(self.ctx, "models", None),
+                                     require=required)
+        with self.hardware.use(self.vae_name) as codec:
+            self.vae_identity = codec.identity
+            self.rgb_map = codec.rgb_map.clone()
+            channels, factor = codec.latent_channels, codec.factor
+        config = with_latent_geometry(self.config, channels, factor)
+        m = config.model
+        step = factor * 2 ** (len(m.channel_mult) - 1)
+        if m.resolution % step:
+            raise InvalidRequestError(f"In latent space the resolution must be a multiple of {step} (the VAE's "
+                                      f"{factor}x times the UNet's levels), not {m.resolution}.")
+        self.config = config
+
+    def _encode(self, pixels: Any) -> Any:
+        """Pixels -> latents with the run's VAE (on the training device)."""
+        with self.hardware.use(self.vae_name) as codec:
+            return codec.encode(pixels)
+
+    def decode(self, latents: Any) -> Any:
+        """Latents -> pixels in [-1, 1] with the run's VAE (the training samples)."""
+        with self.hardware.use(self.vae_name) as codec:
+            return codec.decode(latents, self.hardware)
+
+    def _fill_latent_cache(self) -> None:
+        """Latent space: run every image not cached yet through the VAE, in batches, before epoch 1."""
+        from engines.origin.model.latent import ENCODE_BATCH
+
+        if self.vae_name is None:
+            return
+        started = time.perf_counter()
+        encoded = self.dataset.fill(ENCODE_BATCH, on_step=self.on_step)
+        self.logs.main.info("latent cache: %d of %d images encoded with the VAE in %.1f s, the rest read from "
+                            "the cache", encoded, len(self.dataset), time.perf_counter() - started)
 
     # 1. the accelerator and the run folder ---------------------------------------------------------
     def _setup_accelerator(self) -> None:
@@ -174,11 +227,20 @@ class Trainer:
         disk = self.ctx.settings.paths.cache / "origin" if t.disk_cache else None
         self.cache = TensorCache(disk, t.ram_cache_mb * 2**20)
         self.cache_tally = CacheTally()
-        self.dataset = ArtDataset(
-            Path(self.request.data).expanduser(), self.config.model.resolution, cache=self.cache
-        )
+        root = Path(self.request.data).expanduser()
+        workers = t.num_workers
+        if self.vae_name is None:
+            self.dataset = ArtDataset(root, self.config.model.resolution, cache=self.cache)
+        else:
+            from engines.origin.training.data import LatentDataset
+
+            # Only the latents are cached (the pixels are decoded once, to encode them), and they are
+            # read in this process: nothing is left for DataLoader workers to do.
+            images = ArtDataset(root, self.config.model.resolution, cache=None)
+            self.dataset = LatentDataset(images, self._encode, self.vae_identity, self.cache)
+            workers = 0
         self.loader = make_dataloader(self.dataset, batch_size=t.batch_size, shuffle=True,
-                                      num_workers=t.num_workers, device_type=self.accelerator.device.type,
+                                      num_workers=workers, device_type=self.accelerator.device.type,
                                       seed=t.seed)
 
     # 3. the network, text encoder, noise schedule and losses ---------------------------------------
@@ -244,14 +306,21 @@ class Trainer:
         self.ema.to(self.accelerator.device)
         self.progress = TrainProgress()
         budget = self.hardware.batch_size_for(
-            self.config.model.resolution,
+            self.config.model.sample_size,
             ACTIVATION_BYTES_PER_CHANNEL_AT_64 * self.config.model.base_channels,
             max_batch=t.batch_size,
         )
         self.progress.micro_batch = max(1, min(t.batch_size, budget))
         self.accelerator.register_for_checkpointing(self.progress, self.scheduler, self.controller, self.ema)
+        to_rgb = None
+        if self.rgb_map is not None:
+            from functools import partial
+
+            from engines.origin.model.latent import latents_to_rgb
+
+            to_rgb = partial(latents_to_rgb, rgb_map=self.rgb_map.to(self.accelerator.device))
         self.step_runner = LossComputer(self.accelerator, self.model, self.text, self.noise_scheduler,
-                                        self.art_losses, self.config)
+                                        self.art_losses, self.config, to_rgb=to_rgb)
         self.log_every = _log_every(self.total_steps)
 
     # 5. resume ----------------------------------------------------------------------------------
@@ -289,6 +358,12 @@ class Trainer:
             t.gradient_accumulation, a.num_processes, self.progress.micro_batch, a.device, self.precision,
             self.num_parameters / 1e6, memory / 2**30)
         self.logs.main.info("text encoder: %s", describe_identity(self.text_encoder.identity))
+        if self.vae_identity is not None:
+            from engines.origin.model.latent import describe_vae
+
+            self.logs.main.info("latent space: VAE %s; the UNet draws %dx%dx%d latents for %d px pictures",
+                                describe_vae(self.vae_identity), m.sample_size, m.sample_size, m.in_channels,
+                                m.resolution)
         if resumed_from is not None and self.required_text_encoder is None:
             self.logs.main.warning("%s records no text encoder (made by an older studio): resuming with the "
                                    "config's, which must be the one it was trained with", resumed_from.path.name)
@@ -392,6 +467,8 @@ class Trainer:
                 "processes": self.accelerator.num_processes,
                 "data": str(self.request.data),
                 "text_encoder": self.text_encoder.identity,  # generation and --resume require exactly it
+                "space": self.config.model.space,
+                "vae": self.vae_identity,  # latent space: generation and --resume require exactly it
                 **meta,
             },
         )

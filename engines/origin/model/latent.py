@@ -1,0 +1,235 @@
+"""Latent space: the frozen autoencoder Origin draws in when a config's ``space`` is "latent".
+
+A 512 px picture is a 512x512x3 tensor in pixel space and a 64x64x4 one in the latent space of
+Stable Diffusion's VAE (``stabilityai/sd-vae-ft-mse`` by default, any diffusers folder, hub id or
+single file): the UNet does 1/48 of the work per step, and the VAE (frozen, never trained, not part
+of the artist's model) turns latents back into pixels once per picture. ``LatentCodec`` wraps it:
+
+- ``encode(pixels)``: [-1, 1] images to model latents, ``(mean - shift) * scale``. The posterior's
+  mean, not a sample: the tensor cache stores one latent per image (the VAE runs once per image,
+  not once per epoch) and the same image must give the same latent on every machine. For SD's
+  VAE the posterior's spread is a small fraction of a latent's (it barely differs from a sample).
+- ``decode(latents, hardware)``: back to [-1, 1] pixels through the HardwareManager's decode,
+  which retries in tiles when the full picture does not fit in VRAM.
+- ``to_rgb(latents)``: a cheap approximate picture at latent resolution, one linear map from the
+  latent channels to R, G, B (plus a bias), differentiable. The art losses, the experts'
+  auxiliary targets and the live previews read it (docs/origin-model.md says why not a decode).
+  The map is fitted to this VAE when it loads, by least squares on the latents of a fixed chart
+  of 64 flat colours, so it needs no data and is the same for every run with this VAE.
+- ``identity``: the VAE's id, the SHA-256 of its weights and its latent geometry, recorded in each
+  latent checkpoint; resuming and generating require exactly that VAE (``register_vae``).
+
+Weights stay fp32: the VAE runs once per image in training and once per picture in generation, and
+SD's VAE is known to overflow in fp16 on some pictures (a black or NaN image after a long denoise).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from engines.errors import CorruptModelError, InvalidRequestError, ModelNotFoundError
+
+if TYPE_CHECKING:
+    from engines.models import ModelStore
+
+log = logging.getLogger(__name__)
+
+DEFAULT_VAE = "stabilityai/sd-vae-ft-mse"
+# A VAE as one .safetensors file (vae-ft-mse-840000-ema-pruned.safetensors, what most artists have)
+# carries no config: it is read with SD's VAE layout, kept here so that no download is needed.
+SINGLE_FILE_CONFIG = Path(__file__).resolve().parents[3] / "assets" / "vae" / "sd-vae-ft-mse"
+CHART_LEVELS = (0.0, 0.33, 0.67, 1.0)  # 4 x 4 x 4 = 64 flat colours fit the latent -> RGB map
+ENCODE_BATCH = 8  # images per VAE call when the tensor cache is filled
+
+
+def chart_patch(factor: int) -> int:
+    """Pixels per side of one colour patch: at least 4 latents wide, so its centre is pure colour."""
+    return max(32, 4 * factor)
+
+
+def colour_chart(factor: int) -> tuple[Tensor, Tensor]:
+    """An 8x8 grid of flat patches in [-1, 1] ``[1, 3, 8p, 8p]`` and their colours ``[64, 3]`` in [-1, 1]."""
+    levels = torch.tensor(CHART_LEVELS)
+    colours = torch.cartesian_prod(levels, levels, levels) * 2 - 1  # [64, 3]
+    p = chart_patch(factor)
+    image = colours.view(8, 8, 3).permute(2, 0, 1)  # [3, 8, 8]
+    return image.repeat_interleave(p, dim=1).repeat_interleave(p, dim=2).unsqueeze(0), colours
+
+
+def fit_rgb_map(latents: Tensor, colours: Tensor, factor: int) -> Tensor:
+    """Least-squares ``[C + 1, 3]`` map from the chart's patch-centre latents to its colours."""
+    cells = latents.shape[-1] // 8
+    inner = max(1, cells // 2)  # the centre of each patch, away from the neighbours' colours
+    start = (cells - inner) // 2
+    grid = latents[0].unfold(1, cells, cells).unfold(2, cells, cells)  # [C, 8, 8, cells, cells]
+    centres = grid[..., start:start + inner, start:start + inner].mean(dim=(-1, -2))  # [C, 8, 8]
+    x = centres.flatten(1).T.double()  # [64, C]
+    x = torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype)], dim=1)
+    # A small ridge keeps the map finite for a VAE whose latents barely vary (a random test VAE).
+    gram = x.T @ x + 1e-6 * torch.eye(x.shape[1], dtype=x.dtype)
+    return torch.linalg.solve(gram, x.T @ colours.double()).float()
+
+
+class LatentCodec:
+    """A frozen AutoencoderKL between pixels and the latents an Origin model draws; see the module."""
+
+    def __init__(self, vae: Any, ref: str, weights_sha256: str) -> None:
+        from diffusers import AutoencoderKL
+
+        if not isinstance(vae, AutoencoderKL):
+            raise InvalidRequestError(f"'{ref}' is a {type(vae).__name__}, not an autoencoder (AutoencoderKL): "
+                                      "choose a VAE such as stabilityai/sd-vae-ft-mse.")
+        self.vae = vae.eval().requires_grad_(False)
+        self.ref = ref
+        config = vae.config
+        self.latent_channels = int(config.latent_channels)
+        self.factor = 2 ** (len(config.block_out_channels) - 1)
+        self.scaling_factor = float(getattr(config, "scaling_factor", None) or 1.0)
+        self.shift_factor = float(getattr(config, "shift_factor", None) or 0.0)
+        self.weights_sha256 = weights_sha256
+        self.rgb_map = self._fit_rgb_map()
+
+    @classmethod
+    def load(cls, ref: str, store: "ModelStore") -> "LatentCodec":
+        """Load ``ref`` (hub id, folder or single file) through the model store, fp32, frozen."""
+        from diffusers import AutoencoderKL
+
+        from engines.origin.model.text_encoder import weights_sha256
+
+        ref = (ref or "").strip() or DEFAULT_VAE
+        source = store.resolve(ref)
+        if source.kind == "single_file":
+            vae = store.load_model(ref, AutoencoderKL, config=str(SINGLE_FILE_CONFIG))
+        else:
+            vae = store.load_model(ref, AutoencoderKL, subfolder=_vae_subfolder(source))
+        return cls(vae.float(), ref, weights_sha256(vae))
+
+    # -- what the pool needs -------------------------------------------------------------------
+    @property
+    def components(self) -> dict[str, Any]:
+        return {"vae": self.vae}
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.vae.parameters()).device
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        return {"kind": "vae", "id": self.ref, "weights_sha256": self.weights_sha256,
+                "latent_channels": self.latent_channels, "factor": self.factor,
+                "scaling_factor": self.scaling_factor, "shift_factor": self.shift_factor}
+
+    # -- pixels <-> latents ----------------------------------------------------------------------
+    @torch.no_grad()
+    def encode(self, pixels: Tensor) -> Tensor:
+        """``[B, 3, H, W]`` in [-1, 1] -> ``[B, C, H / f, W / f]`` model latents (fp32, on the VAE's device)."""
+        pixels = pixels.to(self.device, torch.float32)
+        mean = self.vae.encode(pixels).latent_dist.mean
+        return (mean - self.shift_factor) * self.scaling_factor
+
+    def decode(self, latents: Tensor, hardware: Any = None) -> Tensor:
+        """Model latents -> ``[B, 3, H, W]`` pixels in [-1, 1] (tiled retry on out-of-memory)."""
+        from engines.hardware.placement import decode_with_tiled_retry
+
+        z = latents.to(self.device, torch.float32) / self.scaling_factor + self.shift_factor
+        with torch.no_grad():
+            if hardware is not None:
+                pixels = hardware.decode_latents(self.vae, z)
+            else:
+                pixels = decode_with_tiled_retry(self.vae, z, empty_cache=lambda: None)
+        return pixels.float().clamp(-1, 1)
+
+    def to_rgb(self, latents: Tensor) -> Tensor:
+        """The approximate picture of ``latents`` at their resolution, about [-1, 1] (differentiable)."""
+        return latents_to_rgb(latents, self.rgb_map)
+
+    def _fit_rgb_map(self) -> Tensor:
+        chart, colours = colour_chart(self.factor)
+        return fit_rgb_map(self.encode(chart).cpu(), colours, self.factor)
+
+    def check_size(self, height: int, width: int, unet_factor: int) -> None:
+        """One sentence when a picture size cannot be drawn in this latent space."""
+        step = self.factor * unet_factor
+        if height % step or width % step:
+            raise InvalidRequestError(f"In latent space this model needs a width and height divisible by {step} "
+                                      f"(the VAE's {self.factor}x times the UNet's {unet_factor}x), "
+                                      f"not {width}x{height}.")
+
+
+def _vae_subfolder(source: Any) -> Optional[str]:
+    """A whole pipeline's folder holds its VAE in ``vae/``; a VAE's own folder is the VAE."""
+    if source.path is None or not source.path.is_dir():
+        return None
+    return "vae" if (source.path / "vae" / "config.json").is_file() else None
+
+
+def describe_vae(identity: Optional[dict]) -> str:
+    if not identity:
+        return "no VAE (pixel space)"
+    return f"{identity.get('id')} (weights {str(identity.get('weights_sha256', ''))[:8]})"
+
+
+def _refuse_unless(codec: LatentCodec, required: dict) -> None:
+    if codec.weights_sha256 != required.get("weights_sha256"):
+        raise CorruptModelError(
+            f"This model was trained in the latent space of the VAE {describe_vae(required)}, but the one "
+            f"here has other weights ({codec.weights_sha256[:8]}); put the original VAE back, or use a "
+            "checkpoint trained with the VAE you have (docs/origin-model.md).")
+
+
+def register_vae(hardware: Any, ref: str, *, store: "Optional[ModelStore]" = None,
+                 require: Optional[dict] = None) -> str:
+    """The pool name of the VAE ``ref`` (or, with ``require`` from a checkpoint, exactly that VAE).
+
+    Loaded once per process and shared by the trainer, its samples and generation. A missing VAE is
+    ``ModelNotFoundError``/``OfflineError`` with the store's sentence; with ``require``, one whose
+    weights differ is ``CorruptModelError`` (checked again whenever the pool reloads it).
+    """
+    if store is None:
+        from engines.models import ModelStore
+
+        settings = hardware.settings
+        store = ModelStore(settings.paths.models, offline=bool(getattr(settings, "offline", False)))
+    if require is not None:
+        ref = str(require.get("id") or DEFAULT_VAE)
+        name = f"origin-vae:{ref}@{str(require.get('weights_sha256', ''))[:16]}"
+    else:
+        ref = (ref or "").strip() or DEFAULT_VAE
+        name = f"origin-vae:{ref}"
+    if name in hardware.pool:
+        return name
+
+    def load() -> LatentCodec:
+        try:
+            codec = LatentCodec.load(ref, store)
+        except ModelNotFoundError as error:
+            raise ModelNotFoundError(f"Latent-space Origin needs its VAE: {error}") from error
+        if require is not None:
+            _refuse_unless(codec, require)
+        return codec
+
+    codec = load()
+    log.info("VAE %s: %d latent channels, %dx smaller each side", describe_vae(codec.identity),
+             codec.latent_channels, codec.factor)
+    hardware.register(name, codec, loader=load, activate=False, files=store.files_for(ref))
+    return name
+
+
+def latents_to_rgb(latents: Tensor, rgb_map: Tensor) -> Tensor:
+    """``[B, C, h, w]`` latents through a ``[C + 1, 3]`` map (``LatentCodec.rgb_map``): ``[B, 3, h, w]``.
+
+    Not clamped, so the losses keep their gradients; clamp for display.
+    """
+    weights = rgb_map.to(latents.device, latents.dtype)
+    return torch.einsum("bchw,cd->bdhw", latents, weights[:-1]) + weights[-1].view(1, 3, 1, 1)
+
+
+def downsample_to(pixels: Tensor, latents: Tensor) -> Tensor:
+    """Pixels area-averaged to the latents' size (what ``to_rgb`` approximates), for measurements."""
+    return F.interpolate(pixels, size=latents.shape[-2:], mode="area")
