@@ -13,7 +13,12 @@ data, steps, seeds and trainer trains each variant:
   text encoder, trainer and schedule (``architecture = "plain"``);
 - and, on request, ``origin_v1`` (the version-1 defaults: linear schedule, epsilon, no caption
   layers, no caption in the time embedding), ``no_caption_to_time`` and ``offset_noise``: the
-  before, and the ablations of the colour fix.
+  before, and the ablations of the colour fix;
+- ``origin_latent``: Origin in latent space (``space = "latent"``) on the same scenes drawn at
+  ``--latent-resolution`` (64 px), with the VAE given by ``--vae`` or, offline, a small VAE the
+  benchmark first trains on its own pictures (``learns_vae.py``, 4x: 16x16x4 latents). Its row is
+  compared with ``origin``'s (``LATENT`` line), and the judge's score on the VAE's reconstructions
+  of the evaluation pictures shows the ceiling of that space.
 
 Each variant then draws one picture per evaluation caption (every held-out scene and as many seen
 ones, in both languages) with DDIM and classifier-free guidance, and the pixel judge scores each
@@ -53,7 +58,7 @@ from bench.harness import quiet_libraries  # noqa: E402
 
 NAME = "origin_learns"
 VARIANTS = ("origin", "one_expert", "no_art_losses", "plain")
-EXTRA_VARIANTS = ("origin_v1", "no_caption_to_time", "offset_noise")
+EXTRA_VARIANTS = ("origin_v1", "no_caption_to_time", "offset_noise", "origin_latent")
 ART_LOSSES = ("line_art", "color", "anatomy", "perspective", "color_harmony")
 GOAL_COLOUR, GOAL_DELTA_E = 0.90, 10.0
 
@@ -76,11 +81,20 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--cfg", default="4", help="guidance scale(s), comma-separated; the first is the headline")
     parser.add_argument("--sample-steps", type=int, default=30, help="DDIM steps per picture (default 30)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--latent-resolution", type=int, default=64,
+                        help="origin_latent: picture size (default 64)")
+    parser.add_argument("--vae", default=None, metavar="MODEL",
+                        help="origin_latent: the VAE (hub id, folder or file); default: train a small one here")
+    parser.add_argument("--vae-kl", type=float, default=None,
+                        help="KL weight of that small VAE's training (default learns_vae.KL_WEIGHT)")
+    parser.add_argument("--vae-steps", type=int, default=None,
+                        help="steps of that small VAE's training (default 1500, quick 4)")
     parser.add_argument("--json", type=Path, default=None, metavar="PATH")
     parser.add_argument("--keep", type=Path, default=None, metavar="DIR",
                         help="keep the dataset, the runs and a contact sheet of the pictures in DIR")
     args = parser.parse_args(argv)
     args.steps = args.steps or (8 if args.quick else 1500)
+    args.vae_steps = args.vae_steps or (4 if args.quick else 1500)
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in args.variants if v not in VARIANTS + EXTRA_VARIANTS]
     if unknown:
@@ -196,12 +210,49 @@ def draw_pictures(checkpoint: Path, model: Any, config: Any, captions: list[str]
             context = (torch.cat([uncond, cond]), torch.cat([mask_u, mask_c])) if cfg != 1.0 else (cond, mask_c)
             request = sampler.GenerateRequest(model=str(checkpoint), prompt=chunk[0], output=Path("unused.png"),
                                               steps=args.sample_steps, cfg=cfg, sampler="ddim")
-            size = config.model.resolution
+            m = config.model
             pixels = sampler._denoise(model, sampler.make_scheduler("ddim", config), context, None,
-                                      (len(chunk), 3, size, size), request, args.seed + start, torch.float32,
-                                      lambda *a, **k: None, None, sampler.guidance_rescale_for(request, config))
+                                      (len(chunk), m.in_channels, m.sample_size, m.sample_size), request,
+                                      args.seed + start, torch.float32, lambda *a, **k: None, None,
+                                      sampler.guidance_rescale_for(request, config))
+            if m.space == "latent":
+                pixels = decode(pixels, checkpoint, ctx)
             pictures.extend(tensor_to_pil(pixels[i:i + 1]) for i in range(len(chunk)))
     return pictures
+
+
+def decode(latents: Any, checkpoint: Path, ctx: Any) -> Any:
+    """Latents -> pixels with the VAE the checkpoint records (through the pool, as generation does)."""
+    from engines.origin.generation import sampler
+    from engines.origin.model.latent import register_vae
+
+    info, config = sampler._resolve(checkpoint)
+    name = register_vae(ctx.hardware, config.model.vae, store=ctx.models, require=info.meta["vae"])
+    with ctx.hardware.use(name) as codec:
+        return codec.decode(latents, ctx.hardware)
+
+
+def vae_ceiling(vae_ref: str, items: list[Any], size: int, args: argparse.Namespace, ctx: Any) -> dict[str, float]:
+    """The judge's score on the VAE's reconstructions of freshly drawn evaluation pictures."""
+    import numpy as np
+    import torch
+
+    from engines.origin.model.latent import register_vae
+    from engines.origin.model.pixels import pil_to_tensor, tensor_to_pil
+
+    rng = np.random.default_rng(args.seed + 1)
+    pictures = [learns_data.draw(scene, size, rng) for scene, _ in items]
+    with ctx.hardware.use(register_vae(ctx.hardware, vae_ref, store=ctx.models)) as codec:
+        batch = torch.cat([pil_to_tensor(p) for p in pictures])
+        recon = codec.decode(codec.encode(batch), ctx.hardware)
+    results = [(scene, learns_data.judge(tensor_to_pil(recon[i:i + 1]), scene)) for i, (scene, _) in enumerate(items)]
+    return learns_data.score(results)
+
+
+def latent_variant(config: Any, args: argparse.Namespace, vae_ref: str) -> Any:
+    """Origin in latent space at the latent resolution, the network otherwise as the pixel run's."""
+    return replace(config, model=replace(config.model, resolution=args.latent_resolution, space="latent",
+                                         vae=vae_ref))
 
 
 def caption_share(checkpoint: Path, captions: list[str], ctx: Any) -> Optional[float]:
@@ -240,10 +291,10 @@ def caption_share(checkpoint: Path, captions: list[str], ctx: Any) -> Optional[f
                if getattr(block, "attn", None) is not None]
     scheduler = training_scheduler(config)
     generator = torch.Generator("cpu").manual_seed(0)
-    size = config.model.resolution
+    m = config.model
     with ctx.hardware.use(register_text_encoder(ctx.hardware, config.model, store=ctx.models)) as text:
         tokens, mask = text.encode(captions)
-    clean = torch.zeros(len(captions), 3, size, size)
+    clean = torch.zeros(len(captions), m.in_channels, m.sample_size, m.sample_size)
     try:
         with torch.no_grad():
             for t in (100, 300, 500, 700, 900):
@@ -318,6 +369,31 @@ def print_table(rows: dict[str, dict[str, Any]], cfg: str) -> None:
               + (f"{share * 100:>8.0f}%" if share is not None else f"{'-':>9}"))
 
 
+def prepare_latent(args: argparse.Namespace, train_scenes: list[Any], eval_sets: dict[str, list[Any]], work: Path,
+                   ctx: Any) -> dict[str, Any]:
+    """The latent variant's dataset (the same scenes at the latent resolution), its VAE and its ceiling."""
+    from bench.learns_vae import train_vae
+
+    size = args.latent_resolution
+    data = work / f"data-{size}"
+    per_scene = 2 if args.quick else 4
+    drawn = train_scenes[::10] if args.quick else train_scenes
+    learns_data.write_dataset(data, drawn, size=size, per_scene=per_scene, seed=args.seed)
+    figures: dict[str, Any] = {}
+    vae = args.vae
+    if vae is None:
+        print(f"-- origin_latent: training a small VAE on the {size} px pictures ({args.vae_steps} steps)", flush=True)
+        vae = str(work / "vae")
+        from bench.learns_vae import KL_WEIGHT
+
+        figures = train_vae(data, Path(vae), size=size, steps=args.vae_steps, seed=args.seed,
+                            device=ctx.hardware.device.torch_device, kl_weight=args.vae_kl or KL_WEIGHT)
+        if args.keep is not None:
+            shutil.copytree(vae, args.keep / "vae", dirs_exist_ok=True)
+    ceiling = vae_ceiling(vae, eval_sets["seen"], size, args, ctx)
+    return {"data": data, "vae": vae, "figures": figures, "ceiling": ceiling}
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
     quiet_libraries()
@@ -341,10 +417,16 @@ def main(argv: Optional[list[str]] = None) -> int:
               f"{args.text_encoder}; evaluating {len(eval_sets['seen'])} seen and {len(eval_sets['held_out'])} "
               f"held-out captions (en + ja) with DDIM {args.sample_steps} steps, cfg {args.cfg}", flush=True)
         rows: dict[str, dict[str, Any]] = {}
+        latent = None
+        if "origin_latent" in args.variants:
+            latent = prepare_latent(args, train_scenes, eval_sets, work, ctx)
         for name in args.variants:
             variant = variant_config(name, config)
+            variant_data = data
+            if name == "origin_latent":
+                variant, variant_data = latent_variant(config, args, latent["vae"]), latent["data"]
             print(f"-- {name}: training", flush=True)
-            trained = train_variant(variant, data, work / "runs" / name, args.steps, ctx)
+            trained = train_variant(variant, variant_data, work / "runs" / name, args.steps, ctx)
             if not math.isfinite(trained["final_loss"]):
                 print(f"error: variant {name} diverged (loss {trained['final_loss']})", file=sys.stderr)
                 return 1
@@ -356,7 +438,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                               "prediction_type": variant.model.prediction_type,
                               "caption_to_time": variant.model.caption_to_time,
                               "experts": len(variant.model.expert_names), "gnn_layers": variant.model.gnn_layers,
-                              "base_channels": variant.model.base_channels,
+                              "base_channels": variant.model.base_channels, "space": variant.model.space,
+                              "resolution": variant.model.resolution,
                               "art_losses": any(getattr(variant.loss, k) for k in ART_LOSSES)}}
             print(f"-- {name}: drawing and judging", flush=True)
             row["eval"] = evaluate(trained["checkpoint"], eval_sets, args, ctx, sheet)
@@ -376,6 +459,17 @@ def main(argv: Optional[list[str]] = None) -> int:
             ratio = origin / plain if plain else (1.0 if origin == plain else None)
             print(f"RATIO {NAME} = {ratio:.2f}x (target >= 1.00)" if ratio is not None
                   else f"RATIO {NAME} = n/a (the plain UNet drew nothing right; Origin {origin * 100:.0f} %)")
+        if latent is not None:
+            print(f"VAE {latent['vae']}: {json.dumps(latent['figures'])}; judge on its reconstructions (seen): "
+                  + ", ".join(f"{a} {latent['ceiling'][a] * 100:.0f} %"
+                              for a in ("background", "colour", "shape", "position", "all")))
+            if "origin" in rows and "origin_latent" in rows:
+                pixel, lat = rows["origin"]["eval"][cfg]["seen"], rows["origin_latent"]["eval"][cfg]["seen"]
+                print(f"LATENT origin_latent at {args.latent_resolution} px vs origin at {args.resolution} px: "
+                      + ", ".join(f"{a} {lat[a] * 100:.0f} % vs {pixel[a] * 100:.0f} %"
+                                  for a in ("background", "colour", "shape", "position", "all"))
+                      + f"; ΔE {lat['delta_e_mean']:.1f} vs {pixel['delta_e_mean']:.1f}")
+            rows.setdefault("origin_latent", {})["vae"] = {k: v for k, v in latent.items() if k != "data"}
         goals = {}
         if "origin" in rows:
             seen = rows["origin"]["eval"][cfg]["seen"]

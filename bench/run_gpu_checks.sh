@@ -3,21 +3,22 @@
 # artist's PC): the gpu-marked tests, then the GPU benchmarks in fp16 under --vram-limit 6, the
 # smallest card the studio is built for. Steps run most valuable first and share one deadline, so
 # a slow machine still reports the first ones.
-#   bench/run_gpu_checks.sh [OUT_DIR] [SECONDS] [GROUPS]   (defaults: bench/results/gpu, 540, "tests foundation learns")
-# GROUPS: tests (the gpu-marked tests), foundation (the pool/pipeline benchmarks), learns (Origin's
-# learns-benchmark at 64 px, one variant per step).
+#   bench/run_gpu_checks.sh [OUT_DIR] [SECONDS] [GROUPS]   (defaults: bench/results/gpu, 540, "tests latent foundation learns")
+# GROUPS: tests (the gpu-marked tests, with a latent training run at 512 px whose steps/s and peak VRAM
+# go to OUT_DIR/latent_512.json), latent (the 512 px latent step vs the 64 px pixel step), foundation
+# (the pool/pipeline benchmarks), learns (Origin's learns-benchmark at 64 px, one variant per step).
 # Writes OUT_DIR/checks.log (everything, RATIO lines at the end) and one JSON per benchmark.
 set -uo pipefail
 cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.."
 
 out="${1:-bench/results/gpu}"
 deadline=$((SECONDS + ${2:-540}))
-groups=" ${3:-tests foundation learns} "
+groups=" ${3:-tests latent foundation learns} "
 py="${PYTHON:-python3}"
 log="$out/checks.log"
 mkdir -p "$out"
 : >"$log"
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 INKFRAME_GPU_FIGURES="$out"
 status=0
 
 step() {  # step NAME MAX_SECONDS COMMAND...: run with the smaller of MAX_SECONDS and the time left
@@ -40,7 +41,10 @@ step() {  # step NAME MAX_SECONDS COMMAND...: run with the smaller of MAX_SECOND
 } 2>&1 | tee -a "$log"
 
 if [[ $groups == *" tests "* ]]; then
-    step pytest_gpu 200 "$py" -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu_placement.py tests/test_gpu_origin.py
+    step pytest_gpu 240 "$py" -m pytest -m gpu -q -s -p no:cacheprovider tests/test_gpu_placement.py tests/test_gpu_origin.py
+fi
+if [[ $groups == *" latent "* ]]; then
+    step bench_origin_latent 150 "$py" bench/bench_origin_latent.py --device cuda --json "$out/bench_origin_latent.json"
 fi
 if [[ $groups == *" learns "* ]]; then
     # One variant per step, so each one's figures survive a deadline; the same data and seeds in each.

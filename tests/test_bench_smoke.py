@@ -40,7 +40,7 @@ def test_learns_benchmark_runs_a_tiny_version_of_itself(tmp_path: Path) -> None:
     few steps (the scores of so short a run mean nothing; the judge's own tests are test_learns_judge.py)."""
     results = tmp_path / "learns.json"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "bench_origin_learns.py"), "--quick", "--variants", "origin,plain",
+        [sys.executable, str(ROOT / "bench" / "bench_origin_learns.py"), "--quick", "--variants", "origin,plain,origin_latent",
          "--sample-steps", "4", "--cfg", "4,1", "--json", str(results), "--keep", str(tmp_path / "kept")],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )
@@ -60,3 +60,22 @@ def test_learns_benchmark_runs_a_tiny_version_of_itself(tmp_path: Path) -> None:
                 assert all(0.0 <= scores[a] <= 1.0 for a in ("background", "colour", "shape", "position", "all"))
     assert 0.0 < origin["caption_share"] < 1.0 and plain["caption_share"] is None
     assert (tmp_path / "kept" / "origin-cfg4-seen.png").is_file()
+    # The latent variant: its own VAE trained on the benchmark's pictures, then Origin in its space.
+    latent = data["variants"]["origin_latent"]
+    assert latent["config"]["space"] == "latent" and latent["config"]["resolution"] == 64
+    assert latent["eval"]["cfg 4"]["seen"]["count"] == 8 and latent["vae"]["figures"]["factor"] == 4
+    assert re.search(r"^LATENT origin_latent at 64 px vs origin at 32 px: background \d+ %", proc.stdout, re.M), output
+
+
+def test_latent_benchmark_runs_quick_and_prints_its_ratio(tmp_path: Path) -> None:
+    """bench_origin_latent: the trainer's step in both spaces, the encode and the decode-with-gradients
+    option, on the tiny config and a narrow VAE."""
+    results = tmp_path / "latent.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_origin_latent.py"), "--quick", "--json",
+                           str(results)], cwd=ROOT, capture_output=True, text=True, timeout=150)
+    output = f"--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-4000:]}"
+    assert proc.returncode == 0, output
+    assert re.search(r"^RATIO origin_latent = \d+\.\d\dx \(target <= 1\.3\)$", proc.stdout, re.M), output
+    assert "VAE decode + art losses + backward" in proc.stdout
+    data = json.loads(results.read_text(encoding="utf-8"))
+    assert data["name"] == "origin_latent" and data["correct"] and data["baseline_median_s"] > 0

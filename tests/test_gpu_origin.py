@@ -107,3 +107,59 @@ def test_a_short_training_run_on_the_gpu(tmp_path, encoder_dir):
     assert list((result.run / "samples").glob("*.png"))
     main_log = (result.run / "logs" / "main.log").read_text()
     assert "mixed precision bf16" in main_log or "mixed precision fp16" in main_log
+
+
+def test_a_latent_run_at_512_px_on_the_gpu(tmp_path, encoder_dir):
+    """The default network in latent space at 512 px under a 6 GB budget: the VAE (SD's layout, random
+    weights) loaded through the store, the cache filled on the GPU, training, samples and a generation.
+    Steps/s and peak VRAM go to ``$INKFRAME_GPU_FIGURES/latent_512.json`` when that is set."""
+    import json
+    import math
+    import os
+
+    import torch
+    from diffusers import AutoencoderKL
+    from PIL import Image
+
+    from engines.origin.generation.sampler import GenerateRequest, generate
+    from engines.origin.model.config import OriginConfig
+    from engines.origin.model.latent import SINGLE_FILE_CONFIG
+    from engines.origin.training.request import TrainRequest
+    from engines.origin.training.trainer import train
+
+    torch.manual_seed(0)
+    vae_dir = tmp_path / "vae"
+    AutoencoderKL.from_config(AutoencoderKL.load_config(str(SINGLE_FILE_CONFIG))).save_pretrained(str(vae_dir))
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        Image.fromarray(rng.integers(0, 255, (512, 512, 3), dtype=np.uint8)).save(data / f"p{i}.png")
+        (data / f"p{i}.txt").write_text("manga girl, ink", encoding="utf-8")
+    config = OriginConfig()
+    config = replace(config, model=replace(config.model, resolution=512, space="auto", vae=str(vae_dir),
+                                           text_encoder=str(encoder_dir), text_dim=32),
+                     train=replace(config.train, batch_size=4, warmup_steps=2, sample_every_steps=8,
+                                   sample_prompts=("manga girl",), checkpoint_every_epochs=100))
+    ctx = build_engine_context(MachineSettings(data_dir=tmp_path / "studio", offline=True, vram_limit_gb=6))
+    torch.cuda.reset_peak_memory_stats()
+    result = train(TrainRequest(data=data, run=tmp_path / "run", config=config, max_steps=12), ctx)
+    train_peak = torch.cuda.max_memory_allocated()
+    assert result.config.model.space == "latent" and result.config.model.sample_size == 64
+    assert all(math.isfinite(x) for x in result.losses)
+    records = [json.loads(line) for line in (result.run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    step_seconds = sorted(r["seconds"] for r in records if r.get("step", 0) > 2 and "seconds" in r)
+    with Image.open(next((result.run / "samples").glob("*.png"))) as sample:
+        assert sample.size == (512, 512)
+    torch.cuda.reset_peak_memory_stats()
+    picture = generate(GenerateRequest(model=str(result.run), prompt="manga girl", output=tmp_path / "p.png", seed=1,
+                                       steps=10, cfg=4.0), ctx.hardware, store=ctx.models)
+    assert picture.image.size == (512, 512)
+    figures = {"steps_per_s": 1 / step_seconds[len(step_seconds) // 2], "batch": 4,
+               "train_peak_vram_gib": train_peak / 2**30,
+               "generate_peak_vram_gib": torch.cuda.max_memory_allocated() / 2**30,
+               "generate_seconds": picture.seconds, "mixed_precision": result.config.train.mixed_precision,
+               "gpu": torch.cuda.get_device_name()}
+    print("latent 512 px:", json.dumps(figures))
+    if os.environ.get("INKFRAME_GPU_FIGURES"):
+        Path(os.environ["INKFRAME_GPU_FIGURES"], "latent_512.json").write_text(json.dumps(figures, indent=2))

@@ -195,6 +195,10 @@ def test_a_latent_checkpoint_refuses_a_missing_or_different_vae(workdir, vae_dir
     assert app_main(args) == 3
     assert "needs its VAE" in capsys.readouterr().err
     assert not (workdir / "x.png").exists()
+    # The same weights somewhere else: --vae says where, the fingerprint still has to match.
+    assert app_main([*args, "--vae", str(save_tiny_vae(workdir / "vae-3"))]) == 0
+    assert (workdir / "x.png").is_file()
+    assert app_main([*args, "--vae", str(save_tiny_vae(workdir / "vae-4", seed=2))]) == 4
 
 
 def test_a_latent_run_needs_a_resolution_the_vae_and_unet_can_divide(workdir, dataset, capsys):

@@ -34,6 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sampler", choices=SAMPLER_NAMES, default="ddim", help="the denoising method (default ddim)")
     parser.add_argument("--reference", type=Path, default=None, metavar="IMAGE",
                         help="a style reference or the previous panel")
+    parser.add_argument("--vae", default=None, metavar="MODEL",
+                        help="latent-space models: where their VAE is now, if it moved (it must be the same weights)")
     parser.add_argument("--upscale", type=int, choices=(1, 2, 4), default=1,
                         help="enlarge the result (trained super-resolution model when the run has one, else bicubic)")
     parser.add_argument("--width", type=int, default=None, help="width in pixels (default: the model's resolution)")
@@ -61,7 +63,7 @@ def build_request(args: argparse.Namespace, outputs: Path):
     return GenerateRequest(
         model=args.model, prompt=args.prompt, output=output, negative=args.negative, seed=args.seed,
         steps=args.steps, cfg=args.cfg, guidance_rescale=args.guidance_rescale, sampler=args.sampler,
-        reference=args.reference, upscale=args.upscale,
+        reference=args.reference, vae=args.vae, upscale=args.upscale,
         width=args.width, height=args.height, enhance=settings,
     )
 

@@ -64,6 +64,9 @@ class GenerateRequest:
     guidance_rescale: Optional[float] = None
     sampler: str = "ddim"  # ddpm | ddim | dpm++ | euler_a
     reference: Optional[Path] = None  # style reference / previous panel
+    # Latent-space models: where their VAE is now (an id, folder or file), when it is no longer where
+    # the checkpoint says; its weights must be the recorded ones. None: the recorded place.
+    vae: Optional[str] = None
     upscale: int = 1  # 1, 2 or 4
     width: Optional[int] = None  # None: the model's training resolution
     height: Optional[int] = None
@@ -310,8 +313,12 @@ def generate(request: GenerateRequest, hardware: Any, *, on_step: OnStep = no_pr
     # or different one is refused before the (larger) model is read.
     text_name = register_text_encoder(hardware, config.model, store=store, require=info.meta.get("text_encoder"))
     # A latent model draws in the space of exactly the VAE it was trained with; refused before its weights load.
-    vae_name = (register_vae(hardware, m.vae, store=store, require=info.meta.get("vae") or _legacy_vae(m))
-                if latent else None)
+    vae_name = None
+    if latent:
+        required = dict(info.meta.get("vae") or _legacy_vae(m))
+        if request.vae:
+            required["id"] = request.vae
+        vae_name = register_vae(hardware, m.vae, store=store, require=required)
     model_name = f"origin:{info.path}:{info.step}"
     if model_name not in hardware.pool:
         from engines.hardware import MemoryPolicy

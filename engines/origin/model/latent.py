@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from engines.errors import CorruptModelError, InvalidRequestError, ModelNotFoundError
+from engines.errors import CorruptModelError, InvalidRequestError, ModelNotFoundError, OfflineError
 
 if TYPE_CHECKING:
     from engines.models import ModelStore
@@ -208,8 +208,9 @@ def register_vae(hardware: Any, ref: str, *, store: "Optional[ModelStore]" = Non
     def load() -> LatentCodec:
         try:
             codec = LatentCodec.load(ref, store)
-        except ModelNotFoundError as error:
-            raise ModelNotFoundError(f"Latent-space Origin needs its VAE: {error}") from error
+        except (ModelNotFoundError, OfflineError) as error:
+            hint = "" if require is not None else " Or train in pixel space: --space pixel."
+            raise type(error)(f"Latent-space Origin needs its VAE: {error}{hint}") from error
         if require is not None:
             _refuse_unless(codec, require)
         return codec
