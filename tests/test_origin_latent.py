@@ -80,6 +80,32 @@ def test_the_vae_loads_through_the_store_from_a_folder_and_a_single_file(workdir
     assert LatentCodec.load(str(single), store).weights_sha256 == codec.weights_sha256
 
 
+def test_per_channel_latent_statistics_standardise_and_round_trip(workdir):
+    """A VAE config with diffusers' latents_mean/latents_std: model latents are standardised per
+    channel, decode undoes exactly that, the identity records them; a wrong count is refused."""
+    from engines.errors import CorruptModelError
+
+    store = ModelStore(workdir / "models", offline=True)
+    plain = LatentCodec.load(str(save_tiny_vae(workdir / "vae-scalar", seed=3)), store)
+    pixels = torch.rand(3, 3, RES, RES) * 2 - 1
+    raw = plain.encode(pixels) / plain.scaling_factor  # the posterior means
+    mean, std = raw.mean(dim=(0, 2, 3)).tolist(), raw.std(dim=(0, 2, 3)).tolist()
+    vae = build_tiny_vae(seed=3)
+    vae.register_to_config(scaling_factor=1.0, latents_mean=mean, latents_std=std)
+    vae.save_pretrained(str(workdir / "vae-channels"))
+    codec = LatentCodec.load(str(workdir / "vae-channels"), store)
+    latents = codec.encode(pixels)
+    assert torch.allclose(latents.mean(dim=(0, 2, 3)), torch.zeros(4), atol=1e-4)
+    assert torch.allclose(latents.std(dim=(0, 2, 3)), torch.ones(4), atol=1e-4)
+    assert codec.identity["latents_mean"] == pytest.approx(mean) and codec.identity["latents_std"] == pytest.approx(std)
+    # the same posterior means reach the decoder either way: the same pictures
+    assert torch.allclose(codec.decode(latents), plain.decode(plain.encode(pixels)), atol=1e-4)
+    vae.register_to_config(latents_mean=mean[:3], latents_std=std[:3])
+    vae.save_pretrained(str(workdir / "vae-bad"))
+    with pytest.raises(CorruptModelError, match="latents_mean/latents_std for 3/3 channels"):
+        LatentCodec.load(str(workdir / "vae-bad"), store)
+
+
 def test_the_rgb_map_recovers_a_linear_vae_exactly():
     """A VAE whose latents are a known affine function of colour: the chart fit finds that function back."""
     chart, colours = colour_chart(8)
@@ -109,6 +135,28 @@ def test_space_auto_resolves_by_size_and_old_configs_stay_pixel():
         old["model"].pop(key)
     migrated = OriginConfig.from_dict(old)
     assert migrated.model.space == "pixel" and migrated.model.latent_factor == 1 and migrated.version == 3
+
+
+def test_latent_samplers_do_not_clip_the_clean_estimate_to_the_pixel_range():
+    """Pixels live in [-1, 1], latents do not: a latent model's DDIM/DDPM steps keep an estimate of 1.8
+    (clipping it drew red as yellow and blue as azure in the learns-benchmark)."""
+    from engines.origin.generation.sampler import make_scheduler
+
+    pixel = resolve_space(tiny_config(32))
+    latent = replace(pixel, model=replace(pixel.model, space="latent"))
+    for name in ("ddim", "ddpm"):
+        outcomes = {}
+        for config in (pixel, latent):
+            scheduler = make_scheduler(name, config)
+            scheduler.set_timesteps(10)
+            t = scheduler.timesteps[-1]  # the last step: its clean estimate is (nearly) the output
+            alpha = scheduler.alphas_cumprod[t]
+            x0 = torch.full((1, 4, 2, 2), 1.8)
+            sample = alpha.sqrt() * x0  # noise-free: v = sqrt(alpha) * 0 - sqrt(1 - alpha) * x0
+            v = -(1 - alpha).sqrt() * x0
+            out = scheduler.step(v, t, sample, generator=torch.Generator().manual_seed(0))
+            outcomes[config.model.space] = float(out.pred_original_sample.max())
+        assert outcomes["pixel"] == pytest.approx(1.0) and outcomes["latent"] == pytest.approx(1.8, abs=1e-3), name
 
 
 def _cache_params(cache_dir: Path) -> list[str]:

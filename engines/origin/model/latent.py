@@ -5,7 +5,9 @@ Stable Diffusion's VAE (``stabilityai/sd-vae-ft-mse`` by default, any diffusers 
 single file): the UNet does 1/48 of the work per step, and the VAE (frozen, never trained, not part
 of the artist's model) turns latents back into pixels once per picture. ``LatentCodec`` wraps it:
 
-- ``encode(pixels)``: [-1, 1] images to model latents, ``(mean - shift) * scale``. The posterior's
+- ``encode(pixels)``: [-1, 1] images to model latents, ``(mean - shift) * scale``, or per channel
+  ``(mean - latents_mean) * scale / latents_std`` when the VAE's config carries those statistics
+  (diffusers' convention, as SDXL-family VAEs such as Playground's do). The posterior's
   mean, not a sample: the tensor cache stores one latent per image (the VAE runs once per image,
   not once per epoch) and the same image must give the same latent on every machine. For SD's
   VAE the posterior's spread is a small fraction of a latent's (it barely differs from a sample).
@@ -92,6 +94,7 @@ class LatentCodec:
         self.factor = 2 ** (len(config.block_out_channels) - 1)
         self.scaling_factor = float(getattr(config, "scaling_factor", None) or 1.0)
         self.shift_factor = float(getattr(config, "shift_factor", None) or 0.0)
+        self.latents_mean, self.latents_std = _channel_statistics(config, self.latent_channels)
         self.weights_sha256 = weights_sha256
         self.rgb_map = self._fit_rgb_map()
 
@@ -123,7 +126,11 @@ class LatentCodec:
     def identity(self) -> dict[str, Any]:
         return {"kind": "vae", "id": self.ref, "weights_sha256": self.weights_sha256,
                 "latent_channels": self.latent_channels, "factor": self.factor,
-                "scaling_factor": self.scaling_factor, "shift_factor": self.shift_factor}
+                "scaling_factor": self.scaling_factor, "shift_factor": self.shift_factor,
+                **({"latents_mean": self.latents_mean, "latents_std": self.latents_std} if self.latents_mean else {})}
+
+    def _channel_view(self, values: list[float], like: Tensor) -> Tensor:
+        return torch.tensor(values, device=like.device, dtype=like.dtype).view(1, -1, 1, 1)
 
     # -- pixels <-> latents ----------------------------------------------------------------------
     @torch.no_grad()
@@ -131,13 +138,20 @@ class LatentCodec:
         """``[B, 3, H, W]`` in [-1, 1] -> ``[B, C, H / f, W / f]`` model latents (fp32, on the VAE's device)."""
         pixels = pixels.to(self.device, torch.float32)
         mean = self.vae.encode(pixels).latent_dist.mean
+        if self.latents_mean:
+            return ((mean - self._channel_view(self.latents_mean, mean)) * self.scaling_factor
+                    / self._channel_view(self.latents_std, mean))
         return (mean - self.shift_factor) * self.scaling_factor
 
     def decode(self, latents: Tensor, hardware: Any = None) -> Tensor:
         """Model latents -> ``[B, 3, H, W]`` pixels in [-1, 1] (tiled retry on out-of-memory)."""
         from engines.hardware.placement import decode_with_tiled_retry
 
-        z = latents.to(self.device, torch.float32) / self.scaling_factor + self.shift_factor
+        z = latents.to(self.device, torch.float32)
+        if self.latents_mean:
+            z = z * self._channel_view(self.latents_std, z) / self.scaling_factor + self._channel_view(self.latents_mean, z)
+        else:
+            z = z / self.scaling_factor + self.shift_factor
         with torch.no_grad():
             if hardware is not None:
                 pixels = hardware.decode_latents(self.vae, z)
@@ -160,6 +174,18 @@ class LatentCodec:
             raise InvalidRequestError(f"In latent space this model needs a width and height divisible by {step} "
                                       f"(the VAE's {self.factor}x times the UNet's {unet_factor}x), "
                                       f"not {width}x{height}.")
+
+
+def _channel_statistics(config: Any, channels: int) -> tuple[Optional[list[float]], Optional[list[float]]]:
+    """The VAE config's per-channel ``latents_mean``/``latents_std``, or (None, None) when absent or unusable."""
+    mean, std = getattr(config, "latents_mean", None), getattr(config, "latents_std", None)
+    if mean is None or std is None:
+        return None, None
+    mean, std = [float(v) for v in mean], [float(v) for v in std]
+    if len(mean) != channels or len(std) != channels or min(std) <= 0:
+        raise CorruptModelError(f"The VAE's config gives latents_mean/latents_std for {len(mean)}/{len(std)} channels "
+                                f"(some not positive?) but its latents have {channels}: fix or remove them.")
+    return mean, std
 
 
 def _vae_subfolder(source: Any) -> Optional[str]:

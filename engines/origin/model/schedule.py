@@ -48,5 +48,10 @@ def training_scheduler(config: Any) -> Any:
     from diffusers import DDPMScheduler
 
     m = config.model
+    # Samplers built from this config inherit ``clip_sample``: clipping each step's estimate of the
+    # clean picture to [-1, 1] suits pixels, but latents are not bounded there (SD's spread over
+    # about ±4; standardised ones have a unit spread and colours beyond ±1), and clipping them
+    # pulls every saturated colour towards another (measured: red drawn as yellow, blue as azure).
     return DDPMScheduler(**scheduler_options(m.noise_schedule, m.prediction_type,
-                                             config.train.num_train_timesteps))
+                                             config.train.num_train_timesteps),
+                         clip_sample=getattr(m, "space", "pixel") != "latent")

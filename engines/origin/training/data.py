@@ -136,7 +136,9 @@ class LatentDataset(Dataset):
         self.cache = cache
         self.params = (f"latent;{images.cache_params};vae={str(vae_identity.get('weights_sha256'))[:16]};"
                        f"scale={vae_identity.get('scaling_factor')};shift={vae_identity.get('shift_factor')};"
-                       "posterior=mean;dtype=float16")
+                       + (f"channels={vae_identity['latents_mean']}/{vae_identity['latents_std']};"
+                          if vae_identity.get("latents_mean") else "")
+                       + "posterior=mean;dtype=float16")
         self.encoded = 0  # images this process ran through the VAE
 
     @property
