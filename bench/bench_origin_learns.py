@@ -13,7 +13,9 @@ data, steps, seeds and trainer trains each variant:
   text encoder, trainer and schedule (``architecture = "plain"``);
 - and, on request, ``origin_v1`` (the version-1 defaults: linear schedule, epsilon, no caption
   layers, no caption in the time embedding), ``no_caption_to_time`` and ``offset_noise``: the
-  before, and the ablations of the colour fix;
+  before, and the ablations of the colour fix; ``no_gnn`` (the 14 experts without the GNN) and
+  ``one_line_expert`` (one expert whose auxiliary target is line art, not colour, no GNN): which
+  part of the mixture costs accuracy, and whether ``one_expert`` only wins through its colour target;
 - ``origin_latent``: Origin in latent space (``space = "latent"``) on the same scenes drawn at
   ``--latent-resolution`` (64 px), with the VAE given by ``--vae`` or, offline, a small VAE the
   benchmark first trains on its own pictures (``learns_vae.py``, 4x: 16x16x4 latents). Its row is
@@ -58,7 +60,8 @@ from bench.harness import quiet_libraries  # noqa: E402
 
 NAME = "origin_learns"
 VARIANTS = ("origin", "one_expert", "no_art_losses", "plain")
-EXTRA_VARIANTS = ("origin_v1", "no_caption_to_time", "offset_noise", "origin_latent")
+EXTRA_VARIANTS = ("origin_v1", "no_caption_to_time", "offset_noise", "no_gnn", "one_line_expert",
+                  "origin_latent")
 ART_LOSSES = ("line_art", "color", "anatomy", "perspective", "color_harmony")
 GOAL_COLOUR, GOAL_DELTA_E = 0.90, 10.0
 
@@ -160,6 +163,10 @@ def variant_config(name: str, config: Any) -> Any:
     m, loss, t = config.model, config.loss, config.train
     if name == "one_expert":
         return replace(config, model=replace(m, expert_names=("color",), gnn_layers=0))
+    if name == "one_line_expert":
+        return replace(config, model=replace(m, expert_names=("line_art",), gnn_layers=0))
+    if name == "no_gnn":
+        return replace(config, model=replace(m, gnn_layers=0))
     if name == "no_art_losses":
         return replace(config, loss=replace(loss, **{k: 0.0 for k in ART_LOSSES}))
     if name == "plain":
