@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         z = latents.clone().requires_grad_(True)
 
         def decode_with_gradients() -> float:
-            pixels = codec.vae.decode(z / codec.scaling_factor).sample
+            pixels = codec.vae.decode(codec.to_vae_latents(z)).sample
             terms = art(pixels, picture, torch.ones(1, device=device))
             total = sum(terms.values())
             total.backward()

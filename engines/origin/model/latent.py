@@ -95,6 +95,9 @@ class LatentCodec:
         self.scaling_factor = float(getattr(config, "scaling_factor", None) or 1.0)
         self.shift_factor = float(getattr(config, "shift_factor", None) or 0.0)
         self.latents_mean, self.latents_std = _channel_statistics(config, self.latent_channels)
+        # One per-channel form of both conventions: model = (vae - shift) * scale / spread.
+        self._shift = self.latents_mean or [self.shift_factor] * self.latent_channels
+        self._spread = self.latents_std or [1.0] * self.latent_channels
         self.weights_sha256 = weights_sha256
         self.rgb_map = self._fit_rgb_map()
 
@@ -132,26 +135,25 @@ class LatentCodec:
     def _channel_view(self, values: list[float], like: Tensor) -> Tensor:
         return torch.tensor(values, device=like.device, dtype=like.dtype).view(1, -1, 1, 1)
 
+    def to_vae_latents(self, latents: Tensor) -> Tensor:
+        """Model latents -> the VAE's own latents, what ``vae.decode`` reads (differentiable)."""
+        return (latents * self._channel_view(self._spread, latents) / self.scaling_factor
+                + self._channel_view(self._shift, latents))
+
     # -- pixels <-> latents ----------------------------------------------------------------------
     @torch.no_grad()
     def encode(self, pixels: Tensor) -> Tensor:
         """``[B, 3, H, W]`` in [-1, 1] -> ``[B, C, H / f, W / f]`` model latents (fp32, on the VAE's device)."""
         pixels = pixels.to(self.device, torch.float32)
         mean = self.vae.encode(pixels).latent_dist.mean
-        if self.latents_mean:
-            return ((mean - self._channel_view(self.latents_mean, mean)) * self.scaling_factor
-                    / self._channel_view(self.latents_std, mean))
-        return (mean - self.shift_factor) * self.scaling_factor
+        shift, spread = self._channel_view(self._shift, mean), self._channel_view(self._spread, mean)
+        return (mean - shift) * self.scaling_factor / spread
 
     def decode(self, latents: Tensor, hardware: Any = None) -> Tensor:
         """Model latents -> ``[B, 3, H, W]`` pixels in [-1, 1] (tiled retry on out-of-memory)."""
         from engines.hardware.placement import decode_with_tiled_retry
 
-        z = latents.to(self.device, torch.float32)
-        if self.latents_mean:
-            z = z * self._channel_view(self.latents_std, z) / self.scaling_factor + self._channel_view(self.latents_mean, z)
-        else:
-            z = z / self.scaling_factor + self.shift_factor
+        z = self.to_vae_latents(latents.to(self.device, torch.float32))
         with torch.no_grad():
             if hardware is not None:
                 pixels = hardware.decode_latents(self.vae, z)

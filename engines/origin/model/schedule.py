@@ -54,4 +54,4 @@ def training_scheduler(config: Any) -> Any:
     # pulls every saturated colour towards another (measured: red drawn as yellow, blue as azure).
     return DDPMScheduler(**scheduler_options(m.noise_schedule, m.prediction_type,
                                              config.train.num_train_timesteps),
-                         clip_sample=getattr(m, "space", "pixel") != "latent")
+                         clip_sample=m.space != "latent")
