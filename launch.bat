@@ -50,8 +50,13 @@ set "TORCH_STAMP=!VENV!\.inkframe-torch"
 set "REQ_STAMP=!VENV!\.inkframe-requirements.txt"
 set "DEV_STAMP=!VENV!\.inkframe-requirements-dev.txt"
 rem These Python snippets must not contain an exclamation mark, percent sign, caret or double quote.
-set "SUPPORTED_CHECK=import sys; sys.exit(0 if (3, 10) <= sys.version_info[:2] <= (3, 12) and sys.maxsize > 2**32 else 1)"
-set "VENV_CHECK=import sys, importlib.util; sys.exit(0 if (3, 10) <= sys.version_info[:2] <= (3, 12) and importlib.util.find_spec('pip') else 1)"
+rem 64-bit Python 3.10 to 3.14 (launch.sh has the same rule; 3.15 is refused until checked). A candidate
+rem judges itself: SUPPORTED_CHECK prints its minor version and exits 0 when it fits, prints nothing otherwise.
+set "SUPPORTED_CHECK=import sys; v = sys.version_info; ok = v[0] == 3 and 10 <= v[1] <= 14 and sys.maxsize > 2**32; print(v[1] if ok else ''); sys.exit(0 if ok else 1)"
+set "DESCRIBE_PY=import sys, platform; print('Python', sys.version.split()[0], platform.architecture()[0])"
+set "VENV_CHECK=import sys, importlib.util; sys.exit(0 if (3, 10) <= sys.version_info[:2] <= (3, 14) and importlib.util.find_spec('pip') else 1)"
+rem What the launcher offers to install with winget when no supported Python is found.
+set "WINGET_PYTHON=Python.Python.3.13"
 set "GPU_PICK=import sys; a = sys.argv; t = ((open(a[1]).read().splitlines() or [''])[0] + ',').replace(' ', '').split(','); c = t[0].split('.'); d = t[1].split('.')[0]; ok = len(c) == 2 and c[0].isdigit() and c[1].isdigit(); cc = (int(c[0]), int(c[1])) if ok else (0, 0); drv = int(d) if d.isdigit() else 0; print(a[2] if cc >= (10, 0) or (cc >= (7, 5) and drv >= 580) else a[3])"
 set "IMPORT_CHECK=import torch, torchvision, gradio"
 if "!MODE!"=="test" set "IMPORT_CHECK=import torch, torchvision, gradio, pytest, playwright"
@@ -63,6 +68,116 @@ set /a ROUND+=1
 call :ensure_venv
 if errorlevel 1 goto :fail
 call :install_torch
+if errorlevel 1 goto :fail
+set "REQ_FILE=requirements.txt"
+set "STAMP_FILE=!REQ_STAMP!"
+call :install_requirements
+if errorlevel 1 goto :fail
+if "!MODE!"=="test" (
+    set "REQ_FILE=requirements-dev.txt"
+    set "STAMP_FILE=!DEV_STAMP!"
+    call :install_requirements
+    if errorlevel 1 goto :fail
+)
+set "IMPORT_ERROR=!VENV!\.inkframe-import-error.txt"
+"!PY!" -c "!IMPORT_CHECK!" >nul 2>"!IMPORT_ERROR!"
+if not errorlevel 1 goto :start
+if !ROUND! GEQ 2 goto :import_failed
+rem A missing system DLL (usually the Visual C++ runtime) is not fixed by rebuilding .venv.
+findstr /i /c:"DLL load failed" /c:"WinError 126" "!IMPORT_ERROR!" >nul 2>&1
+if not errorlevel 1 goto :import_failed
+echo launch.bat: the packages in .venv do not load; rebuilding .venv.
+call :remove_venv
+if errorlevel 1 goto :fail
+goto :prepare
+
+:start
+rem Children (tests that start the studio, pip, playwright) see the venv as the active environment.
+set "VIRTUAL_ENV=!VENV!"
+set "PATH=!VENV!\Scripts;!PATH!"
+if "!MODE!"=="test" goto :start_tests
+rem Delayed expansion is off for this call, so an exclamation mark in the arguments reaches app.py unchanged.
+setlocal DisableDelayedExpansion
+"%PY%" app.py %*
+endlocal & set "RC=%errorlevel%"
+goto :after_run
+:start_tests
+"!PY!" -m pytest !ARGS!
+set "RC=!errorlevel!"
+:after_run
+if not "!RC!"=="0" if "!DOUBLE_CLICKED!"=="1" pause
+popd
+exit /b !RC!
+
+
+rem ---------------------------------------------------------------------------------------------
+:ensure_venv
+if exist "!PY!" (
+    "!PY!" -c "!VENV_CHECK!" >nul 2>&1
+    if not errorlevel 1 exit /b 0
+    echo launch.bat: .venv is broken or uses an unsupported Python; rebuilding it.
+)
+rem Find a supported Python before deleting anything.
+call :find_python
+rem The newest fitting Python wins, from the py launcher's versions and from PATH. No probe may wait for
+rem input, since py -3.14 may offer to install a missing 3.14: stdin is nul.
+set "BASE_PY="
+set "BASE_MINOR=0"
+for %%V in (3.14 3.13 3.12 3.11 3.10) do (
+    set "CANDIDATE=py -%%V"
+    call :try_python
+)
+set "CANDIDATE=python"
+call :try_python
+set "CANDIDATE=python3"
+call :try_python
+if defined BASE_PY exit /b 0
+set "FOUND_PY="
+for /f "delims=" %%P in ('"python -c "!DESCRIBE_PY!" <nul 2>nul"') do if not defined FOUND_PY set "FOUND_PY=%%P"
+if not defined FOUND_PY for /f "delims=" %%P in ('"py -c "!DESCRIBE_PY!" <nul 2>nul"') do if not defined FOUND_PY set "FOUND_PY=%%P"
+echo.
+if defined FOUND_PY (
+    echo Inkframe Studio needs 64-bit Python 3.10 to 3.14, and the one found here is !FOUND_PY!.
+) else (
+    echo Inkframe Studio needs 64-bit Python 3.10 to 3.14, and none was found.
+)
+call :offer_python_install
+if defined BASE_PY exit /b 0
+echo Install Python 3.13 ^(64-bit^) from https://www.python.org/downloads/windows/ and tick "Add python.exe to PATH" on the installer's first screen, then run launch.bat again.
+exit /b 1
+
+rem Sets BASE_PY to CANDIDATE when CANDIDATE is a fitting Python newer than BASE_PY. The outer quotes in
+rem the for /f command let CANDIDATE be a quoted path with spaces (cmd /c strips exactly that pair).
+:try_python
+set "MINOR="
+for /f "delims=" %%M in ('"!CANDIDATE! -c "!SUPPORTED_CHECK!" <nul 2>nul"') do set "MINOR=%%M"
+if not defined MINOR exit /b 0
+if !MINOR! GTR !BASE_MINOR! (
+    set "BASE_PY=!CANDIDATE!"
+    set "BASE_MINOR=!MINOR!"
+)
+exit /b 0
+
+rem With winget (Windows 10 and 11), offer a per-user install and carry on in this window when it works.
+:offer_python_install
+where winget >nul 2>&1
+if errorlevel 1 exit /b 0
+if defined CI exit /b 0
+choice /c YN /n /m "Install Python 3.13 for your user now with winget (no administrator rights needed)? [Y/N] "
+if errorlevel 2 exit /b 0
+winget install --exact --id !WINGET_PYTHON! --scope user --accept-package-agreements --accept-source-agreements
+if errorlevel 1 (
+    echo launch.bat: winget could not install Python; see its message above.
+    exit /b 0
+)
+rem This window's PATH was read before the install: look where the per-user installer puts python.exe.
+set "NEW_PY=!LOCALAPPDATA!\Programs\Python\Python313\python.exe"
+if exist "!NEW_PY!" set CANDIDATE="!NEW_PY!"
+if exist "!NEW_PY!" call :try_python
+if defined BASE_PY echo launch.bat: Python 3.13 is installed; carrying on.
+exit /b 0
+
+:install_torch
 if errorlevel 1 goto :fail
 set "REQ_FILE=requirements.txt"
 set "STAMP_FILE=!REQ_STAMP!"

@@ -2,6 +2,7 @@
 # Inkframe Studio, one click: make .venv on the first run, install what is missing, start the studio.
 #   ./launch.sh [app.py arguments]     e.g. ./launch.sh --port 7861 --no-browser, ./launch.sh doctor
 #   ./launch.sh test [pytest arguments] installs the test extras too and runs the test suite
+#   ./launch.sh which-python            which Python a new .venv would use (64-bit 3.10 to 3.14, the newest found)
 # Environment: INKFRAME_TORCH_INDEX=<url> installs torch from that index instead (e.g. the CPU-only
 # https://download.pytorch.org/whl/cpu); changing it later reinstalls torch.
 set -euo pipefail
@@ -23,51 +24,109 @@ DEV_STAMP="$VENV/.inkframe-requirements-dev"
 say() { printf 'launch.sh: %s\n' "$*" >&2; }
 die() { say "$*"; exit 1; }
 
-SUPPORTED_CHECK='import sys; sys.exit(0 if (3, 10) <= sys.version_info[:2] <= (3, 12) else 1)'
+# Python 3.10 to 3.14, 64-bit: every dependency publishes wheels for these. 3.15 is refused until checked.
+PY_MINOR_MIN=10
+PY_MINOR_MAX=14
+SUPPORTED_TEXT="64-bit Python 3.10 to 3.14"
+# What the launcher asks each interpreter; the rule itself is decided here, in python_fits.
+PROBE='import struct, sys; print(sys.version_info[0], sys.version_info[1], struct.calcsize("P") * 8)'
+# The names looked for on PATH; among those that fit, the newest version wins.
+PYTHON_NAMES="python3.14 python3.13 python3.12 python3.11 python3.10 python3 python"
 
-python_fits() { "$1" -c "$SUPPORTED_CHECK" >/dev/null 2>&1; }
+# "MAJOR MINOR BITS" of an interpreter, or nothing when it does not run (pyenv shims for versions
+# that are not active fail, and so do broken links).
+python_probe() { "$1" -c "$PROBE" </dev/null 2>/dev/null | head -n 1; }
 
-find_base_python() {
-    local candidate
-    for candidate in python3.12 python3.11 python3.10 python3; do
-        # A name on PATH may still fail to run (pyenv shims for versions that are not active do).
-        if command -v "$candidate" >/dev/null 2>&1 && python_fits "$candidate"; then
-            printf '%s\n' "$candidate"
-            return 0
-        fi
-    done
+# 0 when "MAJOR MINOR BITS" is a supported Python; otherwise prints why not.
+python_fits() {
+    local major="${1:-}" minor="${2:-}" bits="${3:-}"
+    case "$major.$minor.$bits" in
+        *[!0-9.]* | .* | *..* | *.) echo "does not report a version"; return 1 ;;
+    esac
+    if [ "$major" -ne 3 ] || [ "$minor" -lt "$PY_MINOR_MIN" ]; then
+        echo "$major.$minor is too old"
+    elif [ "$minor" -gt "$PY_MINOR_MAX" ]; then
+        echo "$major.$minor is newer than the studio has been checked with"
+    elif [ "$bits" -ne 64 ]; then
+        echo "$major.$minor is a 32-bit build"
+    else
+        return 0
+    fi
     return 1
 }
 
-unsupported_python_message() {
-    local found=""
-    if command -v python3 >/dev/null 2>&1; then
-        found="$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null || true)"
-    fi
-    if [ -n "$found" ]; then
-        echo "Inkframe Studio needs Python 3.10, 3.11 or 3.12 but python3 here is $found; install one of those (python.org or your package manager) and run ./launch.sh again."
+# Sets BASE_PY and BASE_VERSION to the newest supported Python on PATH, and REJECTED to what was
+# found but does not fit ("python3 (3.9 is too old)"); returns 1 when none fits.
+find_base_python() {
+    local name probe why best_minor=-1 seen=" "
+    BASE_PY=""
+    BASE_VERSION=""
+    REJECTED=""
+    for name in $PYTHON_NAMES; do
+        command -v "$name" >/dev/null 2>&1 || continue
+        probe="$(python_probe "$name")"
+        [ -n "$probe" ] || continue
+        # shellcheck disable=SC2086  # three words: major, minor, bits
+        if why="$(python_fits $probe)"; then
+            set -- $probe
+            if [ "$2" -gt "$best_minor" ]; then
+                best_minor="$2"
+                BASE_PY="$name"
+                BASE_VERSION="$1.$2"
+            fi
+        else
+            case "$seen" in *" $why "*) continue ;; esac
+            seen="$seen$why "
+            REJECTED="${REJECTED:+$REJECTED, }$name ($why)"
+        fi
+    done
+    [ -n "$BASE_PY" ]
+}
+
+# The command that installs a supported Python on this system.
+python_install_hint() {
+    if [ "$(uname -s 2>/dev/null)" = Darwin ]; then
+        if command -v brew >/dev/null 2>&1; then
+            echo "brew install python@3.13"
+        else
+            echo "the macOS installer from https://www.python.org/downloads/ (or Homebrew, then: brew install python@3.13)"
+        fi
+    elif command -v apt-get >/dev/null 2>&1; then
+        echo "sudo apt install python3 python3-venv (where that Python is older than 3.10, as on Ubuntu 20.04: sudo add-apt-repository ppa:deadsnakes/ppa && sudo apt install python3.12 python3.12-venv)"
+    elif command -v dnf >/dev/null 2>&1; then
+        echo "sudo dnf install python3.12"
+    elif command -v pacman >/dev/null 2>&1; then
+        echo "sudo pacman -S python"
+    elif command -v zypper >/dev/null 2>&1; then
+        echo "sudo zypper install python312"
     else
-        echo "Inkframe Studio needs Python 3.10, 3.11 or 3.12 and none was found on PATH; install one of those (python.org or your package manager) and run ./launch.sh again."
+        echo "your system's package manager, or the installer from https://www.python.org/downloads/"
     fi
+}
+
+unsupported_python_message() {
+    local found="none was found on PATH"
+    [ -n "$REJECTED" ] && found="found only $REJECTED"
+    echo "Inkframe Studio needs $SUPPORTED_TEXT and $found; install one with: $(python_install_hint); then run ./launch.sh again."
 }
 
 # 0: the venv is usable; 3: its python works but a needed package is missing; anything else: broken.
 venv_state() {
-    "$PY" - "$@" >/dev/null 2>&1 <<'EOF'
+    "$PY" - "$PY_MINOR_MIN" "$PY_MINOR_MAX" "$@" >/dev/null 2>&1 <<'EOF'
 import importlib.util, sys
-if not (3, 10) <= sys.version_info[:2] <= (3, 12) or importlib.util.find_spec("pip") is None:
+low, high, *modules = sys.argv[1:]
+if not (3, int(low)) <= sys.version_info[:2] <= (3, int(high)) or importlib.util.find_spec("pip") is None:
     sys.exit(2)
-sys.exit(3 if any(importlib.util.find_spec(name) is None for name in sys.argv[1:]) else 0)
+sys.exit(3 if any(importlib.util.find_spec(name) is None for name in modules) else 0)
 EOF
 }
 
 create_venv() {
-    local base
-    base="$(find_base_python)" || die "$(unsupported_python_message)"
-    say "creating .venv with $base ($("$base" -c 'import sys; print(sys.version.split()[0])'))"
-    if ! "$base" -m venv "$VENV"; then
+    find_base_python || die "$(unsupported_python_message)"
+    say "creating .venv with $BASE_PY (Python $BASE_VERSION)"
+    if ! "$BASE_PY" -m venv "$VENV"; then
         rm -rf -- "$VENV"
-        die "could not create .venv with $base; on Debian or Ubuntu install the venv package for it (e.g. sudo apt install python3-venv) and run ./launch.sh again."
+        die "could not create .venv with $BASE_PY; on Debian or Ubuntu install the venv package for it (sudo apt install python$BASE_VERSION-venv) and run ./launch.sh again."
     fi
 }
 
@@ -156,6 +215,14 @@ install_requirements() {
 }
 
 MODE="run"
+if [ "${1:-}" = "which-python" ]; then
+    # Which Python a new .venv would be made with, and what else was found; changes nothing.
+    if find_base_python; then
+        echo "$BASE_PY (Python $BASE_VERSION)${REJECTED:+; not used: $REJECTED}"
+        exit 0
+    fi
+    die "$(unsupported_python_message)"
+fi
 if [ "${1:-}" = "test" ]; then
     MODE="test"
     shift
