@@ -48,7 +48,7 @@ if [[ $groups == *" latent "* ]]; then
 fi
 if [[ $groups == *" learns "* ]]; then
     # One variant per step, so each one's figures survive a deadline; the same data and seeds in each.
-    for variant in ${LEARNS_VARIANTS:-origin plain one_expert no_art_losses origin_v1}; do
+    for variant in ${LEARNS_VARIANTS:-origin plain mixture no_art_losses origin_v1}; do
         step "learns_$variant" 170 "$py" bench/bench_origin_learns.py --device cuda --resolution 64 --steps "${LEARNS_STEPS:-3000}" \
             --batch 32 --variants "$variant" --cfg 1.5,2.5,4 --json "$out/learns_$variant.json"
     done

@@ -16,7 +16,7 @@ import torch
 from engines.errors import InvalidRequestError
 from engines.models import ModelStore
 from engines.origin.model import checkpoints
-from engines.origin.model.config import OriginConfig, resolve_space, tiny_config
+from engines.origin.model.config import CONFIG_VERSION, OriginConfig, resolve_space, tiny_config
 from engines.origin.model.latent import LatentCodec, colour_chart, fit_rgb_map, latents_to_rgb
 from test_origin_train import make_dataset, run_cli, small_config
 from tiny_models import _ldm_vae_state, build_tiny_vae, save_tiny_vae
@@ -134,7 +134,7 @@ def test_space_auto_resolves_by_size_and_old_configs_stay_pixel():
     for key in ("space", "vae", "latent_factor"):
         old["model"].pop(key)
     migrated = OriginConfig.from_dict(old)
-    assert migrated.model.space == "pixel" and migrated.model.latent_factor == 1 and migrated.version == 3
+    assert migrated.model.space == "pixel" and migrated.model.latent_factor == 1 and migrated.version == CONFIG_VERSION
 
 
 def test_latent_samplers_do_not_clip_the_clean_estimate_to_the_pixel_range():

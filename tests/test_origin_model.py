@@ -303,6 +303,28 @@ def test_new_configs_default_to_zero_snr_v_prediction_and_old_ones_keep_their_me
     assert OriginConfig.from_dict(old.to_dict()) == old  # and it stays that way once saved again
 
 
+def test_new_configs_default_to_one_expert_and_older_ones_keep_the_mixture() -> None:
+    """Version 4 made the colour expert alone, without the GNN, the default (the learns-benchmark:
+    docs/origin-model.md); a config of version 3 or older that names no experts meant all 14 and
+    two graph layers, and a run saved with them rebuilds exactly the network it trained."""
+    from engines.origin.model.config import CONFIG_VERSION, DEFAULT_EXPERTS, OriginConfig
+
+    current = OriginConfig()
+    assert CONFIG_VERSION == 4 and current.model.expert_names == DEFAULT_EXPERTS == ("color",)
+    assert current.model.gnn_layers == 0
+    assert OriginConfig.from_dict({"model": {"resolution": 32}}).model.expert_names == ("color",)
+    for version in (1, 2, 3):
+        hand_written = OriginConfig.from_dict({"version": version, "model": {"resolution": 32}})
+        assert hand_written.model.expert_names == EXPERT_NAMES and hand_written.model.gnn_layers == 2
+        assert hand_written.version == CONFIG_VERSION
+    saved = tiny_config(32).to_dict()  # a version-3 run's config.json: every field written out
+    saved["version"] = 3
+    loaded = OriginConfig.from_dict(saved)
+    assert loaded.model.expert_names == EXPERT_NAMES and loaded.model.gnn_layers == 1
+    weights = OriginModel(tiny_config(32).model).state_dict()
+    OriginModel(loaded.model).load_state_dict(weights)  # strict: the same network
+
+
 def test_the_training_schedule_reaches_pure_noise() -> None:
     from engines.origin.model.config import OriginConfig
     from engines.origin.model.schedule import training_scheduler
