@@ -152,6 +152,9 @@ rem the for /f command let CANDIDATE be a quoted path with spaces (cmd /c strips
 set "MINOR="
 for /f "delims=" %%M in ('"!CANDIDATE! -c "!SUPPORTED_CHECK!" <nul 2>nul"') do set "MINOR=%%M"
 if not defined MINOR exit /b 0
+rem Only a number counts: a stub such as the Microsoft Store's python alias may print a sentence instead.
+for /f "delims=0123456789" %%X in ("!MINOR!") do set "MINOR="
+if not defined MINOR exit /b 0
 if !MINOR! GTR !BASE_MINOR! (
     set "BASE_PY=!CANDIDATE!"
     set "BASE_MINOR=!MINOR!"
