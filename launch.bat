@@ -175,8 +175,10 @@ if errorlevel 1 (
 )
 rem This window's PATH was read before the install: look where the per-user installer puts python.exe.
 set "NEW_PY=!LOCALAPPDATA!\Programs\Python\Python313\python.exe"
-if exist "!NEW_PY!" set CANDIDATE="!NEW_PY!"
-if exist "!NEW_PY!" call :try_python
+if exist "!NEW_PY!" (
+    set CANDIDATE="!NEW_PY!"
+    call :try_python
+)
 if defined BASE_PY echo launch.bat: Python 3.13 is installed; carrying on.
 exit /b 0
 

@@ -27,7 +27,7 @@ die() { say "$*"; exit 1; }
 # Python 3.10 to 3.14, 64-bit: every dependency publishes wheels for these. 3.15 is refused until checked.
 PY_MINOR_MIN=10
 PY_MINOR_MAX=14
-SUPPORTED_TEXT="64-bit Python 3.10 to 3.14"
+SUPPORTED_TEXT="64-bit Python 3.$PY_MINOR_MIN to 3.$PY_MINOR_MAX"
 # What the launcher asks each interpreter; the rule itself is decided here, in python_fits.
 PROBE='import struct, sys; print(sys.version_info[0], sys.version_info[1], struct.calcsize("P") * 8)'
 # The names looked for on PATH; among those that fit, the newest version wins.

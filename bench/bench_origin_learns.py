@@ -64,6 +64,7 @@ EXTRA_VARIANTS = ("origin_v1", "no_caption_to_time", "offset_noise", "no_gnn", "
                   "origin_latent")
 ART_LOSSES = ("line_art", "color", "anatomy", "perspective", "color_harmony")
 GOAL_COLOUR, GOAL_DELTA_E = 0.90, 10.0
+SCORED = (*learns_data.ATTRIBUTES, "all")  # what each table, ratio and goal line reports, in order
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
@@ -366,7 +367,7 @@ def evaluation_scenes(args: argparse.Namespace) -> tuple[list[Any], dict[str, li
 
 
 def print_table(rows: dict[str, dict[str, Any]], cfg: str) -> None:
-    attrs = ("background", "colour", "shape", "position", "all")
+    attrs = SCORED
     head = (f"{'variant':<20}{'params':>9}{'s/step':>8}{'loss':>8}  "
             + "".join(f"{a[:6]:>7}" for a in attrs) + f"{'ΔE':>7}  held-out:" + "".join(f"{a[:6]:>7}" for a in attrs)
             + f"{'caption':>9}")
@@ -472,21 +473,21 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(f"RATIO {NAME} = {ratio:.2f}x (target >= 1.00)" if ratio is not None
                   else f"RATIO {NAME} = n/a (the plain UNet drew nothing right; Origin {origin * 100:.0f} %)")
             mine, theirs = rows["origin"]["eval"][cfg]["seen"], rows["plain"]["eval"][cfg]["seen"]
-            behind = [a for a in ("background", "colour", "shape", "position", "all") if mine[a] < theirs[a]]
+            behind = [a for a in SCORED if mine[a] < theirs[a]]
             print("GOAL origin >= plain on every attribute: "
                   + ", ".join(f"{a} {mine[a] * 100:.0f} % vs {theirs[a] * 100:.0f} %"
-                              for a in ("background", "colour", "shape", "position", "all"))
+                              for a in SCORED)
                   + f"; ΔE {mine['delta_e_mean']:.1f} vs {theirs['delta_e_mean']:.1f}"
                   + (f" (behind on {', '.join(behind)})" if behind else " (met)"))
         if latent is not None:
             print(f"VAE {latent['vae']}: {json.dumps(latent['figures'])}; judge on its reconstructions (seen): "
                   + ", ".join(f"{a} {latent['ceiling'][a] * 100:.0f} %"
-                              for a in ("background", "colour", "shape", "position", "all")))
+                              for a in SCORED))
             if "origin" in rows and "origin_latent" in rows:
                 pixel, lat = rows["origin"]["eval"][cfg]["seen"], rows["origin_latent"]["eval"][cfg]["seen"]
                 print(f"LATENT origin_latent at {args.latent_resolution} px vs origin at {args.resolution} px: "
                       + ", ".join(f"{a} {lat[a] * 100:.0f} % vs {pixel[a] * 100:.0f} %"
-                                  for a in ("background", "colour", "shape", "position", "all"))
+                                  for a in SCORED)
                       + f"; ΔE {lat['delta_e_mean']:.1f} vs {pixel['delta_e_mean']:.1f}")
             rows.setdefault("origin_latent", {})["vae"] = {k: v for k, v in latent.items() if k != "data"}
         goals = {}
