@@ -27,7 +27,7 @@ from engines.errors import CorruptModelError, ModelNotFoundError
 from engines.origin.model.config import OriginConfig
 
 FORMAT_VERSION = 1
-_NAME = re.compile(r"^(epoch|step|emergency|milestone)-(\d+)$")
+_NAME = re.compile(r"^(epoch|step|emergency|milestone|safety)-(\d+)$")
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class CheckpointInfo:
     path: Path
     epoch: int
     step: int
-    kind: str  # "epoch", "milestone", "emergency" or "step"
+    kind: str  # "epoch", "milestone", "emergency", "step" or "safety"
     meta: dict[str, Any]
 
 
@@ -143,10 +143,17 @@ def load_for_inference(ref: str | Path, prefer_ema: bool = True) -> tuple[Origin
 
 
 def prune(run_dir: Path, keep: int, protect_milestones: bool = True) -> list[Path]:
-    """Delete all but the newest ``keep`` epoch checkpoints (milestones are kept); returns what went."""
-    removable = [c for c in list_checkpoints(run_dir)
-                 if not (protect_milestones and c.kind == "milestone")]
+    """Delete all but the newest ``keep`` checkpoints (milestones are kept); returns what went.
+
+    Safety checkpoints (written on a timer, so a crash loses minutes) never count against
+    ``keep``: one lives only while it is the run's newest checkpoint, and any newer checkpoint,
+    the next safety one included, replaces it.
+    """
+    found = list_checkpoints(run_dir)
+    newest = found[-1].path if found else None
+    removable = [c for c in found if c.kind != "safety" and not (protect_milestones and c.kind == "milestone")]
     doomed = removable[:-keep] if keep > 0 else removable
+    doomed += [c for c in found if c.kind == "safety" and c.path != newest]
     for info in doomed:
         shutil.rmtree(info.path, ignore_errors=True)
     return [c.path for c in doomed]

@@ -120,6 +120,11 @@ class TrainConfig:
     checkpoint_every_epochs: int = 10
     milestones: tuple[int, ...] = (50, 100, 150, 200, 250, 300)
     keep_checkpoints: int = 20
+    # Besides the epoch checkpoints: one on a timer, so a crash or power cut loses minutes, not
+    # epochs. It replaces the previous one and never counts against keep_checkpoints. 0 = off.
+    safety_checkpoint_minutes: float = 30.0
+    # The validation loss (fixed images, timesteps and noise) every N steps; 0 = off.
+    validate_every_steps: int = 100
     sample_every_steps: int = 500
     sample_prompts: tuple[str, ...] = ("manga girl, forest background", "a cat on a rooftop at night, ink")
     seed: int = 0

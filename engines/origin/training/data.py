@@ -15,7 +15,7 @@ import os
 import random
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 import torch
 from PIL import Image
@@ -89,6 +89,13 @@ class ArtDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    def hold_out(self, relative_paths: Iterable[str]) -> int:
+        """Leave these images (relative to the root) out of training: the validation set; returns how many."""
+        held = {(self.root / r).as_posix() for r in relative_paths}
+        before = len(self.paths)
+        self.paths = [p for p in self.paths if Path(p).as_posix() not in held]
+        return before - len(self.paths)
 
     @property
     def cache_params(self) -> str:

@@ -5,6 +5,7 @@ records (metrics.jsonl, TensorBoard, performance.log, diagnosis.log, error.log, 
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from typing import Any
@@ -13,6 +14,8 @@ from engines.origin.training.diagnosis import grad_norms_by_group, nonfinite_par
 from engines.origin.training.forward_backward import draw_inputs
 
 MB = 2**20
+
+log = logging.getLogger(__name__)
 
 
 def _memory(device: Any) -> dict[str, float]:
@@ -42,7 +45,7 @@ class OptimizerStep:
         t, p, cfg = self.t, self.t.progress, self.t.config
         started = time.perf_counter()
         data_seconds = started - self._data_started
-        t.check_cancel()
+        t.steer()  # Stop, Save now, Sample now, the safety checkpoint
         number = p.step + 1
         # 1. the step's randomness, fixed before any attempt so a retry redraws nothing
         inputs = draw_inputs(window, seed=cfg.train.seed, step=number, process_index=self.acc.process_index,
@@ -109,6 +112,10 @@ class OptimizerStep:
             "step %d: batch %.3f s (data %.3f s), %.2f samples/s, micro-batch %d, %s",
             number, seconds, data_seconds, samples_per_s, micro,
             ", ".join(f"{k} {v:.0f}" for k, v in memory.items()))
+        # performance.log is the main process's only; this names what every process trained on (with
+        # --verbose), to find the image behind one GPU's bad step and to see how the epoch is shared out.
+        log.debug("process %d, step %d (epoch %d): %s", self.acc.process_index, number, p.epoch + 1,
+                  ", ".join(path for batch in window for path in batch.get("path", [])))
         if number % t.log_every == 0 or number == 1 or skipped or number == t.total_steps:
             t.logs.metrics({
                 "step": number, "epoch": p.epoch + position / max(1, t.batches_per_epoch),
@@ -130,9 +137,13 @@ class OptimizerStep:
                 aux=stats.aux,
             ):
                 t.logs.diagnosis.info(line)
+        validate = cfg.train.validate_every_steps
+        if validate and t.main and (number == 1 or number % validate == 0 or number == t.total_steps):
+            t.validate(number)
         every = cfg.train.sample_every_steps
-        if every and number % every == 0 and t.main:
+        if ((every and number % every == 0) or t.sample_requested) and t.main:
             self._samples(number)
+        t.sample_requested = False
         t.on_step(number, t.total_steps, f"epoch {p.epoch + 1}/{cfg.train.epochs} loss {stats.total:.4f}")
 
     # -- helpers ---------------------------------------------------------------------------------

@@ -137,6 +137,12 @@ def check(request: TrainRequest) -> OriginConfig:
                              ("number of checkpoints to keep", t.keep_checkpoints, 1)):
         if not isinstance(value, int) or value < low:
             raise InvalidRequestError(f"The {name} must be a whole number of at least {low}, not {value}.")
+    if not isinstance(t.safety_checkpoint_minutes, (int, float)) or t.safety_checkpoint_minutes < 0:
+        raise InvalidRequestError("The safety checkpoint interval must be 0 (off) or a number of minutes, "
+                                  f"not {t.safety_checkpoint_minutes}.")
+    if not isinstance(t.validate_every_steps, int) or t.validate_every_steps < 0:
+        raise InvalidRequestError("The validation interval must be 0 (off) or a whole number of steps, "
+                                  f"not {t.validate_every_steps}.")
     if not (isinstance(t.learning_rate, (int, float)) and 0 < t.learning_rate < 1):
         raise InvalidRequestError(f"The learning rate must be between 0 and 1, not {t.learning_rate}.")
     if len(t.betas) != 2 or not all(0 <= b < 1 for b in t.betas):

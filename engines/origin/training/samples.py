@@ -17,6 +17,24 @@ SAMPLE_CFG = 5.0
 SAMPLE_SEED = 1234
 
 
+def sample_step(path: Path) -> int | None:
+    """The training step of ``samples/step-000500-0.png`` (None for any other file)."""
+    parts = Path(path).stem.split("-")
+    if len(parts) == 3 and parts[0] == "step" and parts[1].isdigit() and parts[2].isdigit():
+        return int(parts[1])
+    return None
+
+
+def drop_samples_after(run_dir: Path, step: int) -> int:
+    """Delete sample images past ``step`` (drawn by a session that crashed after its last
+    checkpoint): the resumed run draws its own. Returns how many went."""
+    folder = Path(run_dir) / "samples"
+    doomed = [p for p in folder.glob("step-*.png") if (sample_step(p) or 0) > step] if folder.is_dir() else []
+    for path in doomed:
+        path.unlink(missing_ok=True)
+    return len(doomed)
+
+
 def write_samples(*, run_dir: Path, step: int, model: Any, ema: Any, text_encoder: Any, config: Any,
                   device: Any, decode: Any = None) -> list[Path]:
     """One PNG per prompt in ``<run>/samples/step-<step>-<i>.png``; returns their paths.

@@ -12,9 +12,14 @@ docs/training.md for the artist's side. The steps of ``Trainer.run``:
 3. the network, the frozen text encoder, the noise schedule and the art losses
 4. AdamW, warm-up + cosine schedule, the adaptive LR controller, EMA weights
 5. resume from the newest good checkpoint (``--resume``)
-6. the epochs: steps with out-of-memory recovery and the NaN/Inf guard; metrics, logs,
-   samples, checkpoints (every N epochs, milestones, kept to the newest 20)
+6. the epochs: steps with out-of-memory recovery and the NaN/Inf guard; metrics, the validation
+   loss, logs, samples, checkpoints (every N epochs, milestones, kept to the newest 20, and a
+   safety checkpoint every 30 minutes); at the top of each step, what the run folder's control
+   flags ask for (stop, save now, sample now: ``run_control.py``)
 7. the final checkpoint and the result
+
+The main process keeps ``<run>/status.json`` current (state, step, its pid), which is how the
+studio tells a running run from a crashed one.
 
 Gradient accumulation is done here rather than with ``accelerator.accumulate``: the trainer
 gathers a step's batches first, so an out-of-memory retry can redo the whole step with smaller
@@ -25,6 +30,7 @@ the step twice).
 from __future__ import annotations
 
 import math
+import os
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -35,6 +41,7 @@ from engines.files import atomic_write
 from engines.origin.model import checkpoints
 from engines.origin.model.config import OriginConfig
 from engines.origin.training.request import TrainRequest, TrainResult, check
+from engines.origin.training.run_control import ControlFlags, StatusFile, write_run_record
 from engines.progress import CancelToken, OnStep, no_progress
 
 MAX_SKIPS_IN_A_ROW = 25
@@ -98,10 +105,19 @@ class Trainer:
         self.vae_name: Optional[str] = None  # latent space: the VAE's pool name
         self.vae_identity: Optional[dict] = None
         self.rgb_map: Any = None  # latent space: the VAE's latent -> RGB approximation (latent.py)
+        self.control = ControlFlags(self.run_dir)
+        # accelerate's RANK is set before the accelerator exists: the status covers the set-up too.
+        self.status = StatusFile(self.run_dir) if os.environ.get("RANK", "0") == "0" else None
+        self.sample_requested = False  # "Sample now": drawn at the end of the current step
+        self._saved_at_time = time.monotonic()  # the safety checkpoint's timer
+        self.validation_choice: Any = None
+        self._validator: Any = None
+        self._validator_built = False
 
     # -- the whole run ----------------------------------------------------------------------------
     def run(self) -> TrainResult:
         started = time.perf_counter()
+        self._report("starting")
         try:
             self._setup_space()  # 0.
             self._setup_accelerator()  # 1.
@@ -114,6 +130,7 @@ class Trainer:
             memory = estimate_memory(self.config, self.num_parameters, self.progress.micro_batch)
             with self.hardware.reserve_for_training(memory, name=f"training {self.run_dir.name}"):
                 self._log_start(resumed_from, memory)
+                self._report("running")
                 try:
                     self._train()  # 6.
                 except Cancelled:
@@ -122,6 +139,13 @@ class Trainer:
                     self._log_crash(error)
                     raise
             self._finish()  # 7.
+            self._report("finished")
+        except Cancelled:
+            self._report("stopped")
+            raise
+        except BaseException as error:
+            self._report("crashed", error=one_line(error))
+            raise
         finally:
             self._held.close()
             if hasattr(self, "logs"):
@@ -129,6 +153,20 @@ class Trainer:
         p = self.progress
         return TrainResult(self.run_dir, self.config, p.step, p.epoch, self.last_checkpoint, self.losses,
                            p.skipped_steps, p.oom_recoveries, p.micro_batch, time.perf_counter() - started)
+
+    def _report(self, state: str, **fields: Any) -> None:
+        """status.json (main process): the state and where the run is."""
+        if self.status is None:
+            return
+        if hasattr(self, "progress"):
+            fields = {**self._where(), **fields}
+        self.status.write(state, **fields)
+
+    def _where(self) -> dict[str, Any]:
+        p = self.progress
+        return {"step": p.step, "total_steps": self.total_steps, "epochs": self.config.train.epochs,
+                "epoch": round(p.epoch + p.batch_in_epoch / max(1, self.batches_per_epoch), 4),
+                "processes": self.accelerator.num_processes}
 
     def _log_crash(self, error: BaseException) -> None:
         p = self.progress
@@ -213,6 +251,9 @@ class Trainer:
             for note in checkpoints.recover_interrupted(self.run_dir):
                 self._early_notes.append(note)
             self._write_config()
+            # What `train --run R --resume` restarts from when no checkpoint was written yet.
+            write_run_record(self.run_dir, data=str(Path(self.request.data).expanduser().resolve()),
+                             space=self.config.model.space)
         self.accelerator.wait_for_everyone()
 
     def _write_config(self) -> None:
@@ -229,19 +270,30 @@ class Trainer:
         self.cache_tally = CacheTally()
         root = Path(self.request.data).expanduser()
         workers = t.num_workers
+        images = ArtDataset(root, self.config.model.resolution, cache=self.cache if self.vae_name is None else None)
+        self._hold_out_validation(images, root)
         if self.vae_name is None:
-            self.dataset = ArtDataset(root, self.config.model.resolution, cache=self.cache)
+            self.dataset = images
         else:
             from engines.origin.training.data import LatentDataset
 
             # Only the latents are cached (the pixels are decoded once, to encode them), and they are
             # read in this process: nothing is left for DataLoader workers to do.
-            images = ArtDataset(root, self.config.model.resolution, cache=None)
             self.dataset = LatentDataset(images, self._encode, self.vae_identity, self.cache)
             workers = 0
         self.loader = make_dataloader(self.dataset, batch_size=t.batch_size, shuffle=True,
                                       num_workers=workers, device_type=self.accelerator.device.type,
                                       seed=t.seed)
+
+    def _hold_out_validation(self, images: Any, root: Path) -> None:
+        from engines.origin.training.validation import load_or_choose
+
+        if not self.config.train.validate_every_steps:
+            return
+        self.validation_choice = load_or_choose(self.run_dir, images.paths, images.root, resuming=self.request.resume,
+                                                write=self.main)
+        if self.validation_choice.held_out:
+            images.hold_out(self.validation_choice.paths)
 
     # 3. the network, text encoder, noise schedule and losses ---------------------------------------
     def _setup_model(self) -> None:
@@ -337,8 +389,15 @@ class Trainer:
     def _open_logs(self, resumed_from: Optional[checkpoints.CheckpointInfo]) -> None:
         from engines.origin.training.run_logs import RunLogs
 
+        from engines.origin.training.samples import drop_samples_after
+
+        # A fresh start in a folder a killed run left (no checkpoint to resume) starts at step 0: the
+        # old session's metrics and samples go, as a resumed run drops those past its checkpoint.
+        start = self.progress.step if resumed_from is not None else 0
         self.logs = RunLogs(self.run_dir, main_process=self.main, rank=self.accelerator.process_index,
-                            resume_step=self.progress.step if resumed_from is not None else None)
+                            resume_step=start)
+        if self.main:
+            drop_samples_after(self.run_dir, start)
         for note in self._early_notes:
             self.logs.main.info("checkpoints: %s (left by an interrupted run)", note)
         self._early_notes = []
@@ -413,21 +472,47 @@ class Trainer:
         p = self.progress
         return bool(self.request.max_steps and p.step >= self.request.max_steps)
 
-    def check_cancel(self) -> None:
-        """At the top of each step: on Stop, save where we are and end with ``Cancelled``."""
+    def steer(self) -> None:
+        """At the top of each step: Stop, Save now, Sample now (the cancel token or the run folder's
+        control flags) and the safety checkpoint's timer. On several processes the main one reads
+        the flags and the clock and one collective tells all: every process must save or stop at
+        the same step, or the others wait forever in the next one."""
         import torch
 
-        flag = bool(self.cancel is not None and self.cancel.cancelled)
+        p, t = self.progress, self.config.train
+        cancelled = float(bool(self.cancel is not None and self.cancel.cancelled))
+        flags = [cancelled, 0.0, 0.0, 0.0]  # stop, save now, sample now, safety checkpoint due
+        if self.main:
+            pending = self.control.pending()
+            due = t.safety_checkpoint_minutes > 0 and \
+                time.monotonic() - self._saved_at_time >= t.safety_checkpoint_minutes * 60
+            flags = [max(cancelled, float("stop" in pending)), float("save" in pending),
+                     float("sample" in pending), float(due)]
         if self.accelerator.num_processes > 1:
-            # Every process must stop at the same step, or the others wait forever in the next one.
-            flag = bool(self.accelerator.reduce(torch.tensor(float(flag), device=self.accelerator.device),
-                                                "sum").item() > 0)
-        if not flag:
-            return
-        if self.request.write_checkpoints and self.progress.step > 0:
-            self.save("step")
-        self.logs.main.info("stopped by the artist at step %d; the checkpoint is saved", self.progress.step)
-        raise Cancelled("Training stopped; resume it later with --resume, nothing is lost.")
+            flags = self.accelerator.reduce(torch.tensor(flags, device=self.accelerator.device), "sum").tolist()
+        stop, save_now, sample_now, safety_due = (flag > 0 for flag in flags)
+        if self.status is not None:
+            self.status.tick(**self._where())
+        can_save = self.request.write_checkpoints and p.step > 0 and self._saved_at_step != p.step
+        if stop:
+            if can_save:
+                self.save("step")
+            if self.main:
+                self.control.clear("stop")
+            self.logs.main.info("stopped by the artist at step %d; the checkpoint is saved", p.step)
+            raise Cancelled("Training stopped; resume it later with --resume, nothing is lost.")
+        if save_now:
+            if can_save:
+                self.save("step")
+            if self.main:
+                self.control.clear("save")
+                self.logs.main.info("step %d: checkpoint saved on request", p.step)
+        elif safety_due and can_save:
+            self.save("safety")
+        if sample_now:
+            self.sample_requested = True
+            if self.main:
+                self.control.clear("sample")
 
     def _end_of_epoch(self) -> None:
         p, t = self.progress, self.config.train
@@ -436,6 +521,8 @@ class Trainer:
         mean = sum(finite) / len(finite) if finite else float("nan")
         self.logs.main.info("epoch %d/%d done in %.1f s: mean loss %.4f, data cache %s", p.epoch, t.epochs,
                             seconds, mean, _cache_line(self.cache_tally.end_epoch()))
+        if self.status is not None:
+            self.status.tick(**self._where(), epoch_seconds=round(seconds, 3))
         milestone = p.epoch in t.milestones
         due = p.epoch % t.checkpoint_every_epochs == 0 or p.epoch == t.epochs
         if self.request.write_checkpoints and (milestone or due):
@@ -473,12 +560,59 @@ class Trainer:
             },
         )
         self.last_checkpoint, self._saved_at_step = path, p.step
+        self._saved_at_time = time.monotonic()
+        if self.status is not None:
+            self._report(self.status.fields.get("state", "running"), last_checkpoint=name)
         if self.main:
             removed = checkpoints.prune(self.run_dir, self.config.train.keep_checkpoints)
             self.logs.main.info("checkpoint %s written in %.1f s%s", name, time.perf_counter() - started,
                                 f"; removed {', '.join(r.name for r in removed)}" if removed else "")
         self.accelerator.wait_for_everyone()
         return path
+
+    def validate(self, number: int) -> None:
+        """The validation loss into metrics.jsonl (main process; see validation.py)."""
+        from engines.errors import is_torch_oom
+
+        validator = self._build_validator()
+        if validator is None:
+            return
+        try:
+            result = validator.measure(self.unwrapped, self.text, self.noise_scheduler, self.config,
+                                       self.accelerator.device, batch=self.progress.micro_batch,
+                                       autocast=self.accelerator.autocast)
+        except Exception as error:  # noqa: BLE001 - a measurement must never stop a days-long run
+            if is_torch_oom(error):
+                self.hardware.free_cached_memory()
+            self.logs.error.exception("step %d: the validation loss failed (%s); training continues", number, error)
+            return
+        self.logs.metrics({"step": number, "epoch": self._where()["epoch"], "validation": result})
+
+    def _build_validator(self) -> Any:
+        from engines.origin.model.pixels import load_image_uint8, to_model_range
+        from engines.origin.training.data import read_caption
+        from engines.origin.training.validation import build_validator
+
+        if self._validator_built or self.validation_choice is None:
+            return self._validator
+        self._validator_built = True
+        resolution = self.config.model.resolution
+
+        def load(path: Path) -> tuple[Any, str]:
+            pixels = to_model_range(load_image_uint8(path, resolution))
+            if self.vae_name is not None:
+                pixels = self._encode(pixels.unsqueeze(0))[0].float().cpu()
+            return pixels, read_caption(path)
+
+        self._validator = build_validator(self.validation_choice, Path(self.request.data).expanduser(), load,
+                                          num_timesteps=self.config.train.num_train_timesteps)
+        if self._validator is not None:
+            self.logs.main.info(
+                "validation loss: %d %s at timesteps %s with fixed noise, every %d steps", len(self._validator),
+                "held-out images" if self._validator.held_out else
+                "training images (the dataset is too small to hold any out)",
+                self._validator.timesteps, self.config.train.validate_every_steps)
+        return self._validator
 
     def note_skip(self) -> None:
         self.progress.skipped_steps += 1
@@ -499,6 +633,13 @@ class Trainer:
         self.logs.main.info("training finished: %d steps, %d epochs, %d skipped steps, %d out-of-memory "
                             "recoveries", p.step, p.epoch, p.skipped_steps, p.oom_recoveries)
         self.logs.flush()
+
+
+def one_line(error: BaseException) -> str:
+    """An exception as the one line the Training tab shows for a crashed run."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    line = f"{type(error).__name__}: {text}" if text else type(error).__name__
+    return line if len(line) <= 300 else line[:297] + "..."
 
 
 def _cache_line(stats: dict[str, float]) -> str:
