@@ -147,8 +147,11 @@ def test_dropout_randomness_is_restored_on_resume(workdir, dataset, ctx):
 
 def test_run_folder_has_metrics_logs_samples_and_checkpoints(reference_run):
     run = reference_run.run
-    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    lines = [line for line in records if "validation" not in line]
     assert [line["step"] for line in lines] == list(range(1, REFERENCE_STEPS + 1))
+    # The validation loss at step 1 and at the end (validate_every_steps is 100).
+    assert [line["step"] for line in records if "validation" in line] == [1, REFERENCE_STEPS]
     first = lines[0]
     for key in ("epoch", "loss", "lr", "lr_scale", "grad_norm", "samples_per_s", "memory"):
         assert key in first
@@ -209,7 +212,8 @@ def test_nan_guard_skips_the_step(workdir, dataset, ctx, reference_run):
     one = train(TrainRequest(data=dataset, run=workdir / "one-step", config=config, max_steps=1), ctx)
     assert_same_weights(weights(one.checkpoint), weights(result.checkpoint), atol=0)
     assert "not finite" in (result.run / "logs" / "error.log").read_text()
-    last = json.loads((result.run / "metrics.jsonl").read_text().splitlines()[-1])
+    steps = [json.loads(line) for line in (result.run / "metrics.jsonl").read_text().splitlines()]
+    last = [line for line in steps if "validation" not in line][-1]
     assert last["skipped"] is True and last["loss"] is None
 
 
@@ -331,53 +335,143 @@ def test_kill_9_during_a_checkpoint_write_keeps_the_previous_one(workdir, datase
     assert "removed the unfinished .tmp-epoch-000002" in (run / "logs" / "main.log").read_text()
 
 
-def test_two_process_accelerate_launch_trains_and_checkpoints(workdir, dataset):
+# -- two processes through accelerate launch, then a resume in one ------------------------------------
+# With --verbose every process logs which images each step trained on (optimizer_step.py's debug line).
+BATCH_LINE = re.compile(r"process (\d+), step (\d+) \(epoch (\d+)\): (.+)$", re.M)
+
+
+def images_by_epoch_and_process(text: str) -> dict[tuple[int, int], list[str]]:
+    """{(epoch, process): the image names its steps trained on, in order} from the debug lines."""
+    seen: dict[tuple[int, int], list[str]] = {}
+    for process, _step, epoch, paths in BATCH_LINE.findall(text):
+        seen.setdefault((int(epoch), int(process)), []).extend(Path(p).name for p in paths.split(", "))
+    return seen
+
+
+@pytest.fixture(scope="module")
+def two_process_run(workdir, dataset):
+    """2 epochs in 2 processes: batch 2 per process over 8 images, so 2 steps an epoch; (run, stderr)."""
     config_file = workdir / "ddp.json"
-    small_config(batch_size=2, epochs=1).save(config_file)
-    run = workdir / "ddp"
+    small_config(batch_size=2, epochs=2).save(config_file)
+    return launch_two_processes(workdir, dataset, workdir / "ddp", config_file, port=29517)
+
+
+def launch_two_processes(workdir: Path, dataset: Path, run: Path, config_file: Path, *extra: str,
+                         port: int) -> tuple[Path, str]:
     # accelerate's --cpu launcher starts one process (several need mpirun); --multi_gpu starts them
     # through torchrun, and on a machine without a GPU they talk over gloo on the CPU.
     command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        "29517",
-        str(ROOT / "app.py"),
-        "train",
-        "--data",
-        str(dataset),
-        "--run",
-        str(run),
-        "--config",
-        str(config_file),
-        "--data-dir",
-        str(workdir / "s"),
-        "--cpu",
-        "--offline",
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        "--main_process_port", str(port),
+        str(ROOT / "app.py"), "train", "--data", str(dataset), "--run", str(run),
+        "--config", str(config_file), "--data-dir", str(workdir / "s"), "--cpu", "--offline", "--verbose", *extra,
     ]
-    result = subprocess.run(
-        command, capture_output=True, text=True, timeout=150, cwd=ROOT, env=SUBPROCESS_ENV
-    )
+    result = subprocess.run(command, capture_output=True, text=True, timeout=180, cwd=ROOT,
+                            env=SUBPROCESS_ENV)
     assert result.returncode == 0, result.stderr[-3000:]
+    return run, result.stderr
+
+
+def test_two_process_accelerate_launch_trains_and_checkpoints(workdir, dataset, ctx, two_process_run):
+    run, _ = two_process_run
+    # One set of checkpoints (the main process writes them), not one per process.
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["epoch-000001", "epoch-000002"]
     latest = checkpoints.find_latest(run)
-    assert latest.path.name == "epoch-000001" and latest.step == 2  # 8 images / (2 per batch x 2 processes)
-    assert latest.meta["processes"] == 2
+    assert latest.step == 4 and latest.epoch == 2  # 8 images / (2 per batch x 2 processes) = 2 steps an epoch
+    assert latest.meta["processes"] == 2 and latest.meta["progress"]["batch_in_epoch"] == 0
+    assert latest.meta["progress"]["samples_seen"] == 16  # 2 epochs of 8 images
     state = latest.path / "training_state"
-    assert (state / "random_states_0.pkl").is_file() and (state / "random_states_1.pkl").is_file()
+    assert sorted(p.name for p in state.glob("random_states_*.pkl")) == ["random_states_0.pkl",
+                                                                        "random_states_1.pkl"]
+    # One metrics.jsonl, with the lines a one-process run of the same 4 steps (batch 4 = 2 x 2) writes:
+    # not a second writer's copies.
+    one = train(TrainRequest(data=dataset, run=workdir / "ddp-one-process",
+                             config=small_config(batch_size=4, epochs=2), write_checkpoints=False), ctx)
+    assert one.steps == 4
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    expected = [json.loads(line) for line in (one.run / "metrics.jsonl").read_text().splitlines()]
+    assert [(line["step"], sorted(line)) for line in lines] == [(line["step"], sorted(line))
+                                                                for line in expected]
+    assert [line["epoch"] for line in lines if "loss" in line] == [0.5, 1.0, 1.5, 2.0]
+    assert len(list((run / "tensorboard").glob("events.out.tfevents.*"))) == 1
+    logs = run / "logs"
+    main_log = (logs / "main.log").read_text()
+    assert main_log.count("training ddp on 8 images") == 1
+    assert "2 epochs x 2 steps (batch 2 x 1 accumulation x 2 processes" in main_log
+    assert main_log.count("checkpoint epoch-000002 written") == 1
+    performance = (logs / "performance.log").read_text()
+    assert re.findall(r"step (\d+): batch", performance) == ["1", "2", "3", "4"]
+    assert (logs / "diagnosis.log").is_file() and (logs / "error.log").read_text() == ""
     config, weights_, _ = checkpoints.load_for_inference(run)
     from engines.origin.model.network import OriginModel
 
     OriginModel(config.model).load_state_dict(weights_)  # the model's own names, not DDP's "module."
+
+
+def test_two_processes_each_train_on_half_of_every_epoch(two_process_run):
+    _, stderr = two_process_run
+    seen = images_by_epoch_and_process(stderr)
+    assert sorted(seen) == [(1, 0), (1, 1), (2, 0), (2, 1)]
+    everything = {f"panel_{i}.png" for i in range(8)}
+    for epoch in (1, 2):
+        first, second = seen[(epoch, 0)], seen[(epoch, 1)]
+        assert len(first) == len(second) == 4  # 2 steps of batch 2 each
+        assert not set(first) & set(second), (epoch, first, second)
+        assert set(first) | set(second) == everything
+
+
+def test_a_two_process_run_resumes_in_one_process(workdir, two_process_run, caplog):
+    import shutil
+
+    # A copy: the tests above read the 2-process run as it was written.
+    run = workdir / "ddp-resumed"
+    shutil.copytree(two_process_run[0], run)
+    # No accelerate launch and no --data: one process, on the dataset the run remembers.
+    with caplog.at_level("DEBUG", logger="engines.origin.training.optimizer_step"):
+        assert run_cli("--run", str(run), "--resume", "--epochs", "3", data_dir=workdir / "s") == 0
+    main_log = (run / "logs" / "main.log").read_text()
+    assert "resumed from epoch-000002: epoch 2, step 4, batch 0 of the epoch" in main_log
+    assert "3 epochs x 4 steps (batch 2 x 1 accumulation x 1 processes" in main_log
+    # At an epoch boundary nothing is skipped: the one process trains all 8 images of epoch 3, once each.
+    seen = images_by_epoch_and_process(caplog.text)
+    assert sorted(seen) == [(3, 0)]
+    assert sorted(seen[(3, 0)]) == [f"panel_{i}.png" for i in range(8)]
+    assert [c.path.name for c in checkpoints.list_checkpoints(run)] == ["epoch-000001", "epoch-000002",
+                                                                        "epoch-000003"]
+    latest = checkpoints.find_latest(run)
+    assert latest.step == 8 and latest.epoch == 3 and latest.meta["processes"] == 1
+    assert latest.meta["progress"]["samples_seen"] == 24  # 3 epochs of 8 images
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines if "loss" in line] == list(range(1, 9))  # the training steps
+    config, weights_, info = checkpoints.load_for_inference(run)
+    from engines.origin.model.network import OriginModel
+
+    assert info.path.name == "epoch-000003"
+    OriginModel(config.model).load_state_dict(weights_)  # the EMA weights
+    OriginModel(config.model).load_state_dict(weights(info.path))  # the raw ones
+
+
+def test_a_two_process_run_stopped_mid_epoch_resumes_in_one_process_on_the_right_batches(workdir, dataset,
+                                                                                        caplog):
+    config_file = workdir / "ddp-mid.json"
+    small_config(batch_size=2, epochs=1, warmup_steps=0).save(config_file)
+    # Step 1 of 2 in 2 processes (batches 0 and 1 of the epoch), then the rest in one process.
+    run, stderr = launch_two_processes(workdir, dataset, workdir / "ddp-mid", config_file, "--max-steps", "1",
+                                       port=29518)
+    first = images_by_epoch_and_process(stderr)
+    with caplog.at_level("DEBUG", logger="engines.origin.training.optimizer_step"):
+        assert run_cli("--run", str(run), "--resume", data_dir=workdir / "s") == 0
+    second = images_by_epoch_and_process(caplog.text)
+    trained = first[(1, 0)] + first[(1, 1)] + second[(1, 0)]
+    assert sorted(trained) == [f"panel_{i}.png" for i in range(8)]  # every image once: none twice, none left
+    main_log = (run / "logs" / "main.log").read_text()
+    assert "saved by 2 process(es), continuing on 1: batch 1 of the epoch becomes 2" in main_log
+    latest = checkpoints.find_latest(run)
+    assert latest.meta["progress"]["samples_seen"] == 8 and latest.step == 3 and latest.epoch == 1
+    # The learning-rate schedule went on from the data's position (2 of 4 one-process steps), to its end.
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines if "loss" in line] == [1, 2, 3]
 
 
 def test_search_writes_the_best_config(workdir):
@@ -452,7 +546,10 @@ def test_stop_saves_a_checkpoint_to_resume_from(workdir, dataset, ctx):
             on_step=on_step,
             cancel=cancel,
         )
-    assert checkpoints.find_latest(workdir / "stopped").path.name == "step-000002"
+    # Stopped during step 2, which ended epoch 1: its epoch checkpoint is the one to resume from
+    # (no second copy of the same step is written).
+    latest = checkpoints.find_latest(workdir / "stopped")
+    assert latest.step == 2 and latest.path.name == "epoch-000001"
 
 
 # -- the text encoder: recorded in every checkpoint, required on --resume -----------------------------------

@@ -95,8 +95,9 @@ def install_state_hooks(accelerator: Any, model: Any) -> None:
         weights.clear()
 
     def load_hook(models: list, input_dir: str) -> None:
-        model.load_state_dict(load_file(str(Path(input_dir).parent / "model.safetensors"),
-                                        device=str(accelerator.device)))
+        # safetensors takes "cuda:0" but refuses "cpu:0", what a CPU process of accelerate launch has.
+        device = "cpu" if accelerator.device.type == "cpu" else str(accelerator.device)
+        model.load_state_dict(load_file(str(Path(input_dir).parent / "model.safetensors"), device=device))
         models.clear()
 
     accelerator.register_save_state_pre_hook(save_hook)

@@ -384,7 +384,33 @@ class Trainer:
         info = checkpoints.find_latest(self.run_dir)
         load_checkpoint(self.accelerator, info, self.ema)
         self.last_checkpoint, self._saved_at_step = info.path, info.step
+        saved = int(info.meta.get("processes") or 1)
+        if saved != self.accelerator.num_processes:
+            self._continue_on_other_processes(saved)
         return info
+
+    def _continue_on_other_processes(self, saved: int) -> None:
+        """A run saved by ``saved`` processes resumes on another number (2 GPUs -> 1, or more).
+
+        ``batch_in_epoch`` and the step count are in the old run's units. accelerate deals each
+        epoch's batches out in turn (process i gets batches i, i+N, ...) in an order fixed by the
+        seed and the epoch, so the first ``batch_in_epoch x saved`` batches of the epoch are done;
+        the LR schedule continues at the same point of the data, not of the step count.
+        """
+        p, t = self.progress, self.config.train
+        now = self.accelerator.num_processes
+        before = p.batch_in_epoch
+        p.batch_in_epoch = before * saved // now  # rounded down: a few images twice rather than some never
+        done = p.epoch * self.steps_per_epoch + math.ceil(p.batch_in_epoch / t.gradient_accumulation)
+        self.scheduler.last_epoch = done - 1
+        self.scheduler.step()
+        self.controller.apply(self.optimizer, self.scheduler)
+        self.total_steps = p.step + max(0, self.steps_per_epoch * t.epochs - done)
+        if self.request.max_steps:
+            self.total_steps = min(self.total_steps, self.request.max_steps)
+        self._process_change = (f"saved by {saved} process(es), continuing on {now}: batch {before} of the epoch "
+                                f"becomes {p.batch_in_epoch}, the learning-rate schedule continues at step {done} "
+                                f"of {self.steps_per_epoch * t.epochs}")
 
     def _open_logs(self, resumed_from: Optional[checkpoints.CheckpointInfo]) -> None:
         from engines.origin.training.run_logs import RunLogs
@@ -410,6 +436,8 @@ class Trainer:
             p = self.progress
             self.logs.main.info("resumed from %s: epoch %d, step %d, batch %d of the epoch",
                                 resumed_from.path.name, p.epoch, p.step, p.batch_in_epoch)
+            if getattr(self, "_process_change", None):
+                self.logs.main.info("resumed %s", self._process_change)
         self.logs.main.info(
             "training %s on %d images at %d px: %d epochs x %d steps (batch %d x %d accumulation x %d "
             "processes, micro-batch %d), %s, mixed precision %s, %.1fM parameters, ~%.2f GB reserved",
