@@ -79,3 +79,17 @@ def test_latent_benchmark_runs_quick_and_prints_its_ratio(tmp_path: Path) -> Non
     assert "VAE decode + art losses + backward" in proc.stdout
     data = json.loads(results.read_text(encoding="utf-8"))
     assert data["name"] == "origin_latent" and data["correct"] and data["baseline_median_s"] > 0
+
+
+def test_metrics_refresh_benchmark_runs_quick_and_prints_its_ratio(tmp_path: Path) -> None:
+    """bench_metrics_refresh: the monitor's refresh on a long run against a short one (5,000 lines here,
+    enough for the series to halve their buckets; the full run writes 1,000,000)."""
+    results = tmp_path / "metrics_refresh.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_metrics_refresh.py"), "--quick", "--lines", "5000",
+                           "--repeats", "3", "--json", str(results)], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    output = f"--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-4000:]}"
+    assert proc.returncode == 0, output
+    assert re.search(r"^RATIO metrics_refresh_1m_vs_1k = \d+\.\d\dx \(target <= 2\)$", proc.stdout, re.M), output
+    data = json.loads(results.read_text(encoding="utf-8"))
+    assert data["name"] == "metrics_refresh_1m_vs_1k" and data["correct"] and data["mode"] == "quick"
+    assert data["baseline_median_s"] > 0 and data["metrics"]["big_peak_points_per_series"] <= 2000
