@@ -280,3 +280,20 @@ def test_resume_of_an_unknown_run_is_one_sentence(settings, capsys):
     assert run_cli("--run", "never-made", "--resume", data_dir=settings.data_dir) == 2
     assert "no checkpoint and no record of its dataset" in capsys.readouterr().err
 
+
+
+def test_dashboard_and_chart_from_the_terminal(workdir, settings, capsys):
+    run = workdir / "steered"  # stopped by test_flags_save_sample_and_stop_a_run_and_its_status_says_so
+    if not (run / "metrics.jsonl").is_file():
+        pytest.skip("needs the steered run of this module")
+    out = workdir / "chart.png"
+    assert run_cli("--chart", str(run), "--output", str(out), data_dir=settings.data_dir) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The run is not active: the dashboard draws once and returns, never touching the run.
+    assert run_cli("--dashboard", str(run), data_dir=settings.data_dir) == 0
+    shown = capsys.readouterr().out
+    assert "steered" in shown and "step 4" in shown
+    assert run_cli("--dashboard", "no-such-run", data_dir=settings.data_dir) == 2
+    assert "There is no run folder" in capsys.readouterr().err
+    assert run_cli(data_dir=settings.data_dir) == 2
+    assert "Give the run folder with --run DIR" in capsys.readouterr().err

@@ -11,6 +11,11 @@
     run_logs.py          metrics.jsonl, TensorBoard and the four logs
     samples.py           sample images during training
     diagnosis.py         per-component health checks
+    validation.py        the validation loss: fixed images, timesteps and noise
+    run_control.py       the run folder as a protocol: status.json, control flags, the training queue
+    runs.py              every run judged from its folder (running, crashed...); start, steer, resume
+    metrics_tail.py, monitor.py   metrics.jsonl read as it grows, downsampled series, ETA
+    chart.py, dashboard.py        the 3x3 progress chart (PNG) and ``--dashboard`` in a terminal
     search.py            ``--search N``: hyperparameter trials
     sr_stage.py          ``--stage sr``: the super-resolution enhancer
     cli.py               ``app.py train``

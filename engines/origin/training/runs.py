@@ -199,6 +199,32 @@ def force_stop(run_dir: Path, *, timeout_s: float = 10.0) -> bool:
     return True
 
 
+def start(settings: Any, *, data: Path, run_dir: Path, config: Any, env: Optional[dict[str, str]] = None) -> ProcessId:
+    """Check a new run as ``app.py train`` would (one sentence for anything wrong), then launch it."""
+    from engines.origin.training.request import TrainRequest, check
+
+    check_new_run(run_dir)
+    check(TrainRequest(data=Path(data), run=Path(run_dir), config=config))
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    config_file = Path(run_dir) / "start-config.json"
+    config.save(config_file)
+    return launch(train_command(settings, run_dir, data=data, config=config_file), run_dir, env=env)
+
+
+def resume(settings: Any, run_dir: Path, *, env: Optional[dict[str, str]] = None) -> ProcessId:
+    """Continue a stopped or crashed run from its newest checkpoint (or start it over if it has none)."""
+    from engines.origin.training.run_control import read_run_record
+
+    info = judge(run_dir)
+    if info.active:
+        raise InvalidRequestError(f"The run {info.name} is {info.state} already.")
+    if info.state == "finished":
+        raise InvalidRequestError(f"The run {info.name} has finished all its epochs; start a new run to train more.")
+    if not info.checkpoints and read_run_record(run_dir) is None:
+        raise InvalidRequestError(f"The run {info.name} has no checkpoint and no record of its dataset; start it anew.")
+    return launch(train_command(settings, run_dir, resume=True), run_dir, env=env)
+
+
 def check_new_run(run_dir: Path) -> None:
     """One sentence for a name that cannot start a new run."""
     info = judge(run_dir)

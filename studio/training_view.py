@@ -1,0 +1,329 @@
+"""What the Training tab shows, as plain data: no gradio here, so it is tested without a browser.
+
+The tab's timer calls ``RunView.refresh``; everything it reads grows with the run (metrics, logs,
+samples), so each piece reads incrementally or from the end: the metrics through one
+``RunMonitor`` per run (downsampled to at most 2,000 points per series), the logs from their last
+64 KB, the samples by listing one folder.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import threading
+from dataclasses import dataclass, replace
+from html import escape
+from pathlib import Path
+from typing import Any, Optional
+
+from engines.origin.model.config import EXPERT_NAMES, LossConfig, OriginConfig
+
+LOG_NAMES = ("main", "performance", "error", "diagnosis", "console")
+LEVELS = ("all", "INFO", "WARNING", "ERROR")
+TAIL_BYTES = 65536
+PRECISION_CHOICES = [("automatic (the card's best)", "auto"), ("fp32", "no"), ("fp16", "fp16"), ("bf16", "bf16")]
+ART_LOSSES = ("line_art", "color", "anatomy", "perspective", "color_harmony")
+
+
+# -- starting a run ------------------------------------------------------------------------------------------
+def expert_names_for(count: int) -> tuple[str, ...]:
+    """The first ``count`` experts, the colour expert first: alone it measured best (docs/origin-model.md)."""
+    count = max(1, min(len(EXPERT_NAMES), int(count)))
+    return ("color",) + tuple(n for n in EXPERT_NAMES if n != "color")[: count - 1]
+
+
+def prompts_from_text(text: str) -> tuple[str, ...]:
+    return tuple(line.strip() for line in str(text or "").splitlines() if line.strip())
+
+
+def config_from_values(values: dict[str, Any]) -> OriginConfig:
+    """The tab's fields (named like the config's: ``model.resolution``, ``loss.line_art``...) -> a config.
+
+    ``base_config``: a config file to start from (a hyperparameter search's best_config.json);
+    the fields override it. Numbers pass through unchanged, so ``check()`` names a bad one."""
+    from engines.errors import InvalidRequestError
+
+    file = str(values.get("base_config") or "").strip()
+    if file and not Path(file).expanduser().is_file():
+        raise InvalidRequestError(f"The config file {file} does not exist.")
+    base = OriginConfig.load(Path(file).expanduser()) if file else OriginConfig()
+    model = replace(base.model, resolution=_int(values["model.resolution"]),
+                    expert_names=expert_names_for(_int(values["model.expert_count"]) or 1))
+    loss = replace(base.loss, **{name: float(values[f"loss.{name}"]) for name in _loss_fields()})
+    train = replace(
+        base.train, epochs=_int(values["train.epochs"]), batch_size=_int(values["train.batch_size"]),
+        mixed_precision=str(values["train.mixed_precision"]), learning_rate=float(values["train.learning_rate"]),
+        sample_prompts=prompts_from_text(values["train.sample_prompts"]),
+        checkpoint_every_epochs=_int(values["train.checkpoint_every_epochs"]),
+        safety_checkpoint_minutes=float(values["train.safety_checkpoint_minutes"]),
+        validate_every_steps=_int(values["train.validate_every_steps"]),
+    )
+    return replace(base, model=model, loss=loss, train=train)
+
+
+def _loss_fields() -> list[str]:
+    return [name for name in LossConfig.__dataclass_fields__ if name != "min_snr_gamma"]
+
+
+def _int(value: Any) -> Any:
+    if value is None or value == "":
+        return value
+    number = float(value)
+    return int(number) if number == int(number) else number  # a fraction is left for check() to name
+
+
+def dataset_choices(datasets_root: Path) -> list[str]:
+    root = Path(datasets_root)
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) \
+        if root.is_dir() else []
+
+
+_RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.-]{0,63}$")
+
+
+def check_run_name(name: str) -> str:
+    from engines.errors import InvalidRequestError
+
+    name = str(name or "").strip()
+    if not _RUN_NAME.match(name) or name in (".", ".."):
+        raise InvalidRequestError("Name the run with up to 64 letters, digits, spaces, dots, dashes or underscores.")
+    return name
+
+
+# -- the live view -----------------------------------------------------------------------------------------
+def series_frame(snapshot: Any, names: dict[str, str], *, smoothing: float = 0.0, log: bool = False) -> Any:
+    """A long-format DataFrame (step, value, series) for one native line plot.
+
+    ``names``: series name in the monitor -> its label. The smoothing (an EMA) runs over the
+    plotted points; ``log`` plots log10 of the values (gradio's plots have no log axis)."""
+    import pandas as pd
+
+    from engines.origin.training.monitor import ema
+
+    rows: list[tuple[float, float, str]] = []
+    for name, label in names.items():
+        if name not in snapshot.series:
+            continue
+        xs, ys = snapshot.series[name]
+        ys = ema(list(ys), smoothing) if smoothing else list(ys)
+        for x, y in zip(xs, ys):
+            if y is None or not math.isfinite(y) or (log and y <= 0):
+                continue
+            rows.append((x, math.log10(y) if log else y, label))
+    # Typed columns even when empty: the browser's chart keeps the axis types of its first data, and
+    # an empty frame's object columns would make every later loss an unsorted category.
+    return pd.DataFrame({"step": pd.Series([r[0] for r in rows], dtype="float64"),
+                         "value": pd.Series([r[1] for r in rows], dtype="float64"),
+                         "series": pd.Series([r[2] for r in rows], dtype="object")})
+
+
+def chart_frames(snapshot: Any, *, smoothing: float, log: bool) -> dict[str, Any]:
+    """The tab's plots: loss, diffusion vs validation, art losses, experts, routing, LR, speed, memory."""
+    experts = snapshot.names("experts/", "/aux_loss")
+    return {
+        "loss": series_frame(snapshot, {"loss": "total"}, smoothing=smoothing, log=log),
+        "validation": series_frame(snapshot, {"losses/diffusion": "diffusion (training)",
+                                              "validation/loss": "validation"}, smoothing=smoothing, log=log),
+        "art": series_frame(snapshot, {f"losses/{n}": n for n in ART_LOSSES}, smoothing=smoothing, log=log),
+        "experts": series_frame(snapshot, {f"experts/{n}/aux_loss": n for n in experts}, smoothing=smoothing),
+        "routing": series_frame(snapshot, {f"experts/{n}/routing": n for n in experts}),
+        "lr": series_frame(snapshot, {"lr": "learning rate"}),
+        "speed": series_frame(snapshot, {"samples_per_s": "images/s"}, smoothing=smoothing),
+        "memory": series_frame(snapshot, {"memory/ram_mb": "RAM (MB)", "memory/vram_mb": "VRAM (MB)",
+                                          "memory/vram_peak_mb": "VRAM peak (MB)"}),
+    }
+
+
+def _duration(seconds: Optional[float]) -> str:
+    if seconds is None:
+        return "–"
+    seconds = int(seconds)
+    if seconds >= 86400:
+        return f"{seconds // 86400} d {seconds % 86400 // 3600} h"
+    if seconds >= 3600:
+        return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+    if seconds >= 60:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds} s"
+
+
+def progress_html(info: Any, snapshot: Any) -> str:
+    """The run's state line, a bar, and epoch / step / images/s / ETA / time per epoch."""
+    if info is None:
+        return '<div class="ink-gauge ink-gauge--off" id="training-progress" data-state="none">' \
+               '<div class="ink-gauge__label"><span>No run selected</span></div></div>'
+    step = max(info.step, snapshot.step or 0) if snapshot is not None else info.step
+    total = info.total_steps or (snapshot.total_steps if snapshot is not None else None)
+    percent = 100.0 * step / total if total else 0.0
+    kind = {"crashed": "ink-gauge--alert", "queued": "ink-gauge--warn"}.get(info.state, "ink-gauge--ok")
+    facts = [f"epoch {info.epoch:.1f}" + (f" of {info.epochs}" if info.epochs else ""),
+             f"step {step}" + (f" of {total}" if total else "")]
+    if snapshot is not None:
+        if snapshot.images_per_s:
+            facts.append(f"{snapshot.images_per_s:.1f} images/s")
+        if info.state == "running":
+            facts.append(f"ETA {_duration(snapshot.eta_s)}")
+        if snapshot.epoch_s:
+            facts.append(f"{_duration(snapshot.epoch_s)} per epoch")
+    return (
+        f'<div class="ink-gauge {kind}" id="training-progress" data-state="{escape(info.state)}" '
+        f'data-step="{step}"><div class="ink-gauge__label"><span>{escape(info.name)}: '
+        f'{escape(info.describe())}</span><span>{percent:.0f}%</span></div>'
+        f'<div class="ink-gauge__track"><div class="ink-gauge__fill" style="width:{min(100.0, percent):.1f}%">'
+        f'</div></div><div class="ink-gauge__detail">{escape(" · ".join(facts))}</div></div>'
+    )
+
+
+def run_rows(infos: list[Any]) -> list[list[Any]]:
+    import time
+
+    rows = []
+    for info in infos:
+        age = time.time() - info.updated_at if info.updated_at else None
+        rows.append([info.name, info.describe(), info.checkpoints, f"{_duration(age)} ago" if age is not None else "–"])
+    return rows
+
+
+def checkpoint_rows(run_dir: Path) -> list[list[Any]]:
+    from engines.origin.model import checkpoints
+
+    rows = []
+    for info in reversed(checkpoints.list_checkpoints(run_dir)):
+        loss = info.meta.get("loss")
+        rows.append([info.path.name, info.kind, info.step, info.epoch,
+                     f"{loss:.4f}" if isinstance(loss, (int, float)) and math.isfinite(loss) else "–"])
+    return rows
+
+
+# -- samples --------------------------------------------------------------------------------------------------
+def sample_steps(run_dir: Path) -> dict[int, list[Path]]:
+    """Step -> its sample images (one per prompt), oldest step first."""
+    from engines.origin.training.samples import sample_step
+
+    found: dict[int, list[Path]] = {}
+    folder = Path(run_dir) / "samples"
+    for path in sorted(folder.glob("step-*.png")) if folder.is_dir() else []:
+        step = sample_step(path)
+        if step is not None:
+            found.setdefault(step, []).append(path)
+    return dict(sorted(found.items()))
+
+
+def sample_grid(paths: list[Path], tile: int = 256) -> Any:
+    """One step's samples side by side (each scaled to ``tile`` px high), as a PIL image."""
+    from PIL import Image
+
+    images = []
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                image = image.convert("RGB")
+                scale = tile / image.height
+                images.append(image.resize((max(1, round(image.width * scale)), tile), Image.NEAREST))
+        except OSError:
+            continue
+    if not images:
+        return None
+    grid = Image.new("RGB", (sum(i.width for i in images) + 4 * (len(images) - 1), tile), (255, 255, 255))
+    x = 0
+    for image in images:
+        grid.paste(image, (x, 0))
+        x += image.width + 4
+    return grid
+
+
+# -- logs and findings ------------------------------------------------------------------------------------------
+def _tail_lines(path: Path, max_bytes: int = TAIL_BYTES) -> list[str]:
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as handle:
+            handle.seek(max(0, size - max_bytes))
+            data = handle.read()
+    except OSError:
+        return []
+    lines = data.decode("utf-8", "replace").splitlines()
+    return lines[1:] if size > max_bytes else lines  # the first may be cut in half
+
+
+def log_tail(run_dir: Path, name: str, level: str = "all", lines: int = 200) -> str:
+    path = Path(run_dir) / "logs" / f"{name}.log"
+    found = _tail_lines(path)
+    if level != "all":
+        rank = {"INFO": 0, "WARNING": 1, "ERROR": 2}
+        wanted = rank.get(level, 0)
+        found = [line for line in found
+                 if any(f" {lvl} " in line for lvl, r in rank.items() if r >= wanted) or " CRITICAL " in line]
+    return "\n".join(found[-lines:]) if found else f"({name}.log is empty so far)"
+
+
+_STEP = re.compile(r"step (\d+)")
+
+
+def findings(run_dir: Path) -> list[str]:
+    """The diagnosis log's problems, one sentence each: the newest check's, and skipped NaN steps."""
+    diagnosis = _tail_lines(Path(run_dir) / "logs" / "diagnosis.log")
+    newest: Optional[str] = None
+    for line in reversed(diagnosis):
+        match = _STEP.search(line)
+        if match:
+            newest = match.group(1)
+            break
+    out = []
+    for line in diagnosis:
+        match = _STEP.search(line)
+        if not match or match.group(1) != newest:
+            continue
+        step = match.group(1)
+        if "CHECK: exploding in" in line:
+            parts = line.split("CHECK: exploding in", 1)[1].split(":", 1)[0].strip()
+            out.append(f"Exploding gradients in {parts} at step {step}: if it persists, resume with a lower "
+                       "learning rate.")
+        if "weights NaN/Inf in" in line:
+            out.append(f"Some weights turned NaN at step {step}: resume from an earlier checkpoint with a lower "
+                       "learning rate.")
+        if "dead experts:" in line:
+            dead = line.split("dead experts:", 1)[1].split(";", 1)[0].strip()
+            out.append(f"Dead experts at step {step} ({dead}): the router no longer sends them anything; "
+                       "fewer experts may train better.")
+        if "router is collapsing" in line:
+            out.append(f"The router is collapsing onto few experts (step {step}): training continues, but the "
+                       "other experts stop learning.")
+    skipped = [line for line in _tail_lines(Path(run_dir) / "logs" / "error.log") if "are not finite" in line]
+    if skipped:
+        match = _STEP.search(skipped[-1])
+        out.append(f"NaN/Inf losses: {len(skipped)} step(s) skipped recently, the newest at step "
+                   f"{match.group(1) if match else '?'}; the weights were left unchanged.")
+    return out
+
+
+def findings_markdown(items: list[str]) -> str:
+    return "\n".join(f"- ⚠ {escape(item)}" for item in items) if items else ""
+
+
+# -- one monitor per run, shared by every browser session --------------------------------------------------
+@dataclass
+class _Watched:
+    monitor: Any
+    lock: threading.Lock
+
+
+class RunViews:
+    """The studio-wide cache of ``RunMonitor``s: a refresh reads only what is new since the last one."""
+
+    def __init__(self, limit: int = 8) -> None:
+        self._watched: dict[Path, _Watched] = {}
+        self._lock = threading.Lock()
+        self.limit = limit
+
+    def snapshot(self, run_dir: Path) -> Any:
+        from engines.origin.training.monitor import RunMonitor
+
+        run_dir = Path(run_dir)
+        with self._lock:
+            watched = self._watched.pop(run_dir, None) or _Watched(RunMonitor(run_dir), threading.Lock())
+            self._watched[run_dir] = watched  # newest last: the least recently viewed goes first
+            while len(self._watched) > self.limit:
+                self._watched.pop(next(iter(self._watched)))
+        with watched.lock:
+            return watched.monitor.refresh()
