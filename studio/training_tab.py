@@ -117,7 +117,9 @@ def build(ctx) -> dict[str, Any]:
                 gr.Markdown("### Runs")
                 runs_table = gr.Dataframe(headers=["Run", "State", "Checkpoints", "Updated"], value=[],
                                           interactive=False, wrap=True, elem_id="training-runs")
-                selected = gr.Dropdown(label="Run shown", choices=[], value=None, elem_id="training-selected")
+                # Custom values: the API's steering endpoints take any run's name (the choices fill by timer).
+                selected = gr.Dropdown(label="Run shown", choices=[], value=None, allow_custom_value=True,
+                                       elem_id="training-selected")
                 with gr.Row():
                     stop = gr.Button("Stop", variant="stop", size="sm", elem_id="training-stop")
                     save = gr.Button("Save now", size="sm", elem_id="training-save")
@@ -302,6 +304,15 @@ def build(ctx) -> dict[str, Any]:
     sample_slider.release(show_sample, inputs=[selected, sample_slider], outputs=sample_image,
                           api_visibility="private", queue=False)
     chart_button.click(chart, inputs=selected, outputs=chart_button, api_name="train_chart")
+
+    def train_runs() -> list[dict]:
+        """Every run in runs/: name, state, step, total_steps, epoch, epochs, error, checkpoints."""
+        return [{"name": i.name, "state": i.state, "step": i.step, "total_steps": i.total_steps,
+                 "epoch": i.epoch, "epochs": i.epochs, "error": i.error, "checkpoints": i.checkpoints,
+                 "newest_checkpoint": i.newest_checkpoint, "description": i.describe()}
+                for i in runs.list_runs(paths.runs)]
+
+    gr.api(train_runs, api_name="train_runs")
     return {"fields": fields, "refresh": refresh, "start": start_run, "steer": steer, "chart": chart,
             "show_sample": show_sample, "live": live, "view_inputs": view_inputs, "views": views,
             "loss_fields": [n for n in LossConfig.__dataclass_fields__ if n != "min_snr_gamma"]}

@@ -92,6 +92,11 @@ def test_control_flags_are_files(tmp_path):
     assert flags.pending() == {"stop"}
     with pytest.raises(ValueError):
         flags.request("format-disk")
+    old = tmp_path / "control" / "stop"
+    os.utime(old, (time.time() - 3600, time.time() - 3600))
+    flags.request("save")
+    flags.clear_older_than(time.time() - 60)  # a new process drops what an ended one left
+    assert flags.pending() == {"save"}
 
 
 def test_the_queue_is_first_come_first_served_and_skips_dead_processes(tmp_path):

@@ -214,6 +214,13 @@ def test_browser_starts_a_run_sees_it_learn_and_stops_it(tmp_path):
                 page.screenshot(path=str(tmp_path / "training-tab.png"))
             finally:
                 browser.close()
+        # The same runs through the studio's API (gradio_client), as a script would steer them.
+        from gradio_client import Client
+
+        client = Client(studio.url, verbose=False)
+        listed = client.predict(api_name="/train_runs")
+        assert [(r["name"], r["state"]) for r in listed] == [("browser-run", "stopped")]
+        assert "is stopped, not running" in client.predict("browser-run", api_name="/train_save")
     finally:
         info = runs.judge(run)
         if info.active and info.process is not None:

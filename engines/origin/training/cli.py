@@ -185,6 +185,12 @@ def _train(args: argparse.Namespace, settings: MachineSettings, run_dir: Path, m
     )
     if args.stage == "main":
         check(request)  # a bad value is one sentence now, not after a wait in the queue
+    if main_process and run_dir.is_dir():
+        from engines.origin.training.run_control import ControlFlags, ProcessId
+
+        # Flags left by a process that ended before it read them are not for this one; a Stop pressed
+        # while this process was starting is.
+        ControlFlags(run_dir).clear_older_than(ProcessId.current().started)
     cancel, previous_handlers = _cancel_on_signals()
     watchdog = _StopWatchdog(run_dir, cancel) if main_process else None
     ticket, progress = None, None

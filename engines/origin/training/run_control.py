@@ -121,6 +121,16 @@ class ControlFlags:
         for command in commands or COMMANDS:
             (self.folder / command).unlink(missing_ok=True)
 
+    def clear_older_than(self, when: float) -> None:
+        """Drop flags written before ``when`` (this process's start): meant for one that ended first."""
+        for command in COMMANDS:
+            path = self.folder / command
+            try:
+                if path.stat().st_mtime < when:
+                    path.unlink(missing_ok=True)
+            except OSError:
+                pass
+
 
 # -- the run's own account ----------------------------------------------------------------------------
 def read_status(run_dir: Path) -> Optional[dict[str, Any]]:
