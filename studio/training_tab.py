@@ -67,6 +67,13 @@ def build(ctx) -> dict[str, Any]:
     fields: dict[str, Any] = {}
     plots: dict[str, Any] = {}
 
+    def train_runs() -> list[dict]:
+        """Every run in runs/: name, state, step, total_steps, epoch, epochs, error, checkpoints."""
+        return [{"name": i.name, "state": i.state, "step": i.step, "total_steps": i.total_steps,
+                 "epoch": i.epoch, "epochs": i.epochs, "error": i.error, "checkpoints": i.checkpoints,
+                 "newest_checkpoint": i.newest_checkpoint, "description": i.describe()}
+                for i in runs.list_runs(paths.runs)]
+
     with gr.Tab("Training", id="training", elem_id="tab-training"):
         findings_box = gr.Markdown(elem_id="training-findings")
         with gr.Row():
@@ -161,6 +168,7 @@ def build(ctx) -> dict[str, Any]:
                                           autoscroll=True, elem_id="training-log")
         timer = gr.Timer(REFRESH_S)
         session = gr.State(dict)  # inside the Tab: a State directly under gr.Tabs shows up as a tab button
+        gr.api(train_runs, api_name="train_runs")  # inside too, for the same reason
 
     names = list(fields)
     plot_list = [plots[key] for key in PLOTS]
@@ -305,14 +313,6 @@ def build(ctx) -> dict[str, Any]:
                           api_visibility="private", queue=False)
     chart_button.click(chart, inputs=selected, outputs=chart_button, api_name="train_chart")
 
-    def train_runs() -> list[dict]:
-        """Every run in runs/: name, state, step, total_steps, epoch, epochs, error, checkpoints."""
-        return [{"name": i.name, "state": i.state, "step": i.step, "total_steps": i.total_steps,
-                 "epoch": i.epoch, "epochs": i.epochs, "error": i.error, "checkpoints": i.checkpoints,
-                 "newest_checkpoint": i.newest_checkpoint, "description": i.describe()}
-                for i in runs.list_runs(paths.runs)]
-
-    gr.api(train_runs, api_name="train_runs")
     return {"fields": fields, "refresh": refresh, "start": start_run, "steer": steer, "chart": chart,
             "show_sample": show_sample, "live": live, "view_inputs": view_inputs, "views": views,
             "loss_fields": [n for n in LossConfig.__dataclass_fields__ if n != "min_snr_gamma"]}
