@@ -34,6 +34,29 @@ def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> None
     atomic_write(path, lambda tmp: tmp.write_bytes(data), durable=durable)
 
 
+def tail_lines(path: Path, max_bytes: int = 65536) -> list[str]:
+    """The last lines of a text file that may be huge (a days-long log), reading ``max_bytes`` at most.
+
+    A first line cut in half by the limit is left out; a missing file gives no lines."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as handle:
+            handle.seek(max(0, size - max_bytes))
+            data = handle.read()
+    except OSError:
+        return []
+    lines = data.decode("utf-8", "replace").splitlines()
+    return lines[1:] if size > max_bytes else lines
+
+
+def mtime(path: Path) -> float | None:
+    """The file's modification time, None if it is not there."""
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return None
+
+
 def _file_state(path: Path) -> tuple[int, int, int] | None:
     try:
         info = os.stat(path)

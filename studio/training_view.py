@@ -9,7 +9,6 @@ samples), so each piece reads incrementally or from the end: the metrics through
 from __future__ import annotations
 
 import math
-import os
 import re
 import threading
 from dataclasses import dataclass, replace
@@ -17,11 +16,12 @@ from html import escape
 from pathlib import Path
 from typing import Any, Optional
 
+from engines.files import tail_lines
 from engines.origin.model.config import EXPERT_NAMES, LossConfig, OriginConfig
+from engines.origin.training.dashboard import duration
 
 LOG_NAMES = ("main", "performance", "error", "diagnosis", "console")
 LEVELS = ("all", "INFO", "WARNING", "ERROR")
-TAIL_BYTES = 65536
 PRECISION_CHOICES = [("automatic (the card's best)", "auto"), ("fp32", "no"), ("fp16", "fp16"), ("bf16", "bf16")]
 ART_LOSSES = ("line_art", "color", "anatomy", "perspective", "color_harmony")
 
@@ -135,19 +135,6 @@ def chart_frames(snapshot: Any, *, smoothing: float, log: bool) -> dict[str, Any
     }
 
 
-def _duration(seconds: Optional[float]) -> str:
-    if seconds is None:
-        return "–"
-    seconds = int(seconds)
-    if seconds >= 86400:
-        return f"{seconds // 86400} d {seconds % 86400 // 3600} h"
-    if seconds >= 3600:
-        return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
-    if seconds >= 60:
-        return f"{seconds // 60} min {seconds % 60:02d} s"
-    return f"{seconds} s"
-
-
 def progress_html(info: Any, snapshot: Any) -> str:
     """The run's state line, a bar, and epoch / step / images/s / ETA / time per epoch."""
     if info is None:
@@ -163,9 +150,9 @@ def progress_html(info: Any, snapshot: Any) -> str:
         if snapshot.images_per_s:
             facts.append(f"{snapshot.images_per_s:.1f} images/s")
         if info.state == "running":
-            facts.append(f"ETA {_duration(snapshot.eta_s)}")
+            facts.append(f"ETA {duration(snapshot.eta_s)}")
         if snapshot.epoch_s:
-            facts.append(f"{_duration(snapshot.epoch_s)} per epoch")
+            facts.append(f"{duration(snapshot.epoch_s)} per epoch")
     return (
         f'<div class="ink-gauge {kind}" id="training-progress" data-state="{escape(info.state)}" '
         f'data-step="{step}"><div class="ink-gauge__label"><span>{escape(info.name)}: '
@@ -181,7 +168,7 @@ def run_rows(infos: list[Any]) -> list[list[Any]]:
     rows = []
     for info in infos:
         age = time.time() - info.updated_at if info.updated_at else None
-        rows.append([info.name, info.describe(), info.checkpoints, f"{_duration(age)} ago" if age is not None else "–"])
+        rows.append([info.name, info.describe(), info.checkpoints, f"{duration(age)} ago" if age is not None else "–"])
     return rows
 
 
@@ -234,21 +221,9 @@ def sample_grid(paths: list[Path], tile: int = 256) -> Any:
 
 
 # -- logs and findings ------------------------------------------------------------------------------------------
-def _tail_lines(path: Path, max_bytes: int = TAIL_BYTES) -> list[str]:
-    try:
-        size = os.path.getsize(path)
-        with open(path, "rb") as handle:
-            handle.seek(max(0, size - max_bytes))
-            data = handle.read()
-    except OSError:
-        return []
-    lines = data.decode("utf-8", "replace").splitlines()
-    return lines[1:] if size > max_bytes else lines  # the first may be cut in half
-
-
 def log_tail(run_dir: Path, name: str, level: str = "all", lines: int = 200) -> str:
     path = Path(run_dir) / "logs" / f"{name}.log"
-    found = _tail_lines(path)
+    found = tail_lines(path)
     if level != "all":
         rank = {"INFO": 0, "WARNING": 1, "ERROR": 2}
         wanted = rank.get(level, 0)
@@ -262,7 +237,7 @@ _STEP = re.compile(r"step (\d+)")
 
 def findings(run_dir: Path) -> list[str]:
     """The diagnosis log's problems, one sentence each: the newest check's, and skipped NaN steps."""
-    diagnosis = _tail_lines(Path(run_dir) / "logs" / "diagnosis.log")
+    diagnosis = tail_lines(Path(run_dir) / "logs" / "diagnosis.log")
     newest: Optional[str] = None
     for line in reversed(diagnosis):
         match = _STEP.search(line)
@@ -289,7 +264,7 @@ def findings(run_dir: Path) -> list[str]:
         if "router is collapsing" in line:
             out.append(f"The router is collapsing onto few experts (step {step}): training continues, but the "
                        "other experts stop learning.")
-    skipped = [line for line in _tail_lines(Path(run_dir) / "logs" / "error.log") if "are not finite" in line]
+    skipped = [line for line in tail_lines(Path(run_dir) / "logs" / "error.log") if "are not finite" in line]
     if skipped:
         match = _STEP.search(skipped[-1])
         out.append(f"NaN/Inf losses: {len(skipped)} step(s) skipped recently, the newest at step "

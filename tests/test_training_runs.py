@@ -302,3 +302,17 @@ def test_dashboard_and_chart_from_the_terminal(workdir, settings, capsys):
     assert "There is no run folder" in capsys.readouterr().err
     assert run_cli(data_dir=settings.data_dir) == 2
     assert "Give the run folder with --run DIR" in capsys.readouterr().err
+
+
+def test_the_last_error_line_comes_from_the_tail_of_a_long_log(tmp_path):
+    from engines.files import tail_lines
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    filler = "".join(f"2026-01-01 INFO step {i} went fine\n" for i in range(5000))  # ~150 KB
+    (logs / "error.log").write_text("2026-01-01 ERROR old failure\n" + filler + "2026-01-01 ERROR CUDA out of memory\n"
+                                    + "2026-01-01 INFO recovered\n")
+    assert runs.last_error_line(tmp_path) == "CUDA out of memory"
+    lines = tail_lines(logs / "error.log", max_bytes=100)
+    assert lines[-1] == "2026-01-01 INFO recovered" and all(line.startswith("2026") for line in lines)
+    assert tail_lines(tmp_path / "missing.log") == []

@@ -19,7 +19,6 @@ Nothing here imports torch or matplotlib: the snapshot is plain data.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from bisect import bisect_left
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from engines.origin.training.metrics_tail import MetricsTail
+from engines.origin.training.run_control import read_status
 
 MAX_POINTS = 2000
 MAX_SERIES = 256  # a record with a huge unknown dict must not grow the monitor without bound
@@ -371,7 +371,7 @@ class RunMonitor:
             for record in batch.records:
                 add(record)
             self.data.bad_lines += batch.bad_lines
-        status = _read_status(self.run_dir)
+        status = read_status(self.run_dir) or {}
         total = self.total_steps or _positive(status.get("total_steps"), int)
         seconds_per_step, source = self._seconds_per_step()
         data = self.data
@@ -412,15 +412,6 @@ class RunMonitor:
         if times:
             return sum(times) / len(times), "step times"
         return None, ""
-
-
-def _read_status(run_dir: Path) -> dict[str, Any]:
-    """``<run>/status.json`` as written by the trainer (``run_control.StatusFile``); {} if unreadable."""
-    try:
-        data = json.loads((run_dir / "status.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def _positive(value: Any, kind: type) -> Any:

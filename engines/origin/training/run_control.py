@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from engines.files import atomic_write_bytes
+from engines.files import atomic_write_bytes, mtime
 
 CONTROL_DIR = "control"
 COMMANDS = ("stop", "save", "sample")
@@ -42,7 +42,7 @@ _START_TIME_SLACK_S = 1.0  # create_time is a float from /proc or the OS: equal 
 def _read_json(path: Path) -> Optional[dict[str, Any]]:
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # RecursionError: absurdly nested JSON
         return None
     return data if isinstance(data, dict) else None
 
@@ -207,7 +207,7 @@ class TrainingQueue:
             data = _read_json(path)
             process = ProcessId.from_dict(data) if data else None
             if process is None or not process.alive():
-                if data is not None or time.time() - _mtime(path) > 60:  # half-written: give it a minute
+                if data is not None or time.time() - (mtime(path) or 0.0) > 60:  # half-written: give it a minute
                     path.unlink(missing_ok=True)
                 continue
             out.append(Ticket(path, str(data.get("run", "")), process))
@@ -241,10 +241,3 @@ class TrainingQueue:
 
     def leave(self, ticket: Ticket) -> None:
         ticket.path.unlink(missing_ok=True)
-
-
-def _mtime(path: Path) -> float:
-    try:
-        return path.stat().st_mtime
-    except OSError:
-        return 0.0

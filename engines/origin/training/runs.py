@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from engines.errors import InvalidRequestError
+from engines.files import mtime, tail_lines
 from engines.origin.training.run_control import ControlFlags, ProcessId, StatusFile, read_status
 
 ACTIVE = ("queued", "starting", "running")
@@ -72,14 +73,7 @@ class RunInfo:
 
 def last_error_line(run_dir: Path) -> str:
     """The newest ERROR line of logs/error.log, without its timestamp ('' if none)."""
-    path = Path(run_dir) / "logs" / "error.log"
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(max(0, os.path.getsize(path) - 65536))  # a days-long log: read its tail only
-            lines = handle.read().decode("utf-8", "replace").splitlines()
-    except OSError:
-        return ""
-    for line in reversed(lines):
+    for line in reversed(tail_lines(Path(run_dir) / "logs" / "error.log")):  # a days-long log: its tail only
         if " ERROR " in line:
             return line.split(" ERROR ", 1)[1].strip()[:300]
     return ""
@@ -110,7 +104,7 @@ def judge(run_dir: Path) -> RunInfo:
         epochs=status.get("epochs"), error=error, queue_position=status.get("queue_position"),
         process=process, checkpoints=len(found), newest_checkpoint=found[-1].path.name if found else None,
         updated_at=float(status.get("updated_at") or 0.0),
-        stop_requested_at=_mtime(stop_file) if state in ACTIVE else None,
+        stop_requested_at=mtime(stop_file) if state in ACTIVE else None,
     )
 
 
@@ -118,7 +112,7 @@ def list_runs(runs_root: Path) -> list[RunInfo]:
     """Every run folder under ``runs_root``: active runs first, then the most recently updated."""
     root = Path(runs_root)
     runs = [judge(p) for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")] if root.is_dir() else []
-    return sorted(runs, key=lambda r: (not r.active, -max(r.updated_at, _mtime(r.path) or 0.0)))
+    return sorted(runs, key=lambda r: (not r.active, -max(r.updated_at, mtime(r.path) or 0.0)))
 
 
 # -- starting and steering ------------------------------------------------------------------------------
@@ -239,10 +233,3 @@ def _newest_step(run_dir: Path) -> int:
 
     latest = checkpoints.find_latest(run_dir)
     return latest.step if latest is not None else 0
-
-
-def _mtime(path: Path) -> Optional[float]:
-    try:
-        return path.stat().st_mtime
-    except OSError:
-        return None
