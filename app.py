@@ -26,7 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("studio.server", "start the studio in the browser (the default)"),
     "collect": ("engines.dataset.cli", "collect a training dataset from image sites or a folder"),
     "train": ("engines.origin.training.cli", "train an Origin model on your dataset"),
-    "generate": ("engines.origin.generation.cli", "generate a manga panel with an Origin model"),
+    "generate": ("engines.manga.cli", "generate manga panels with an Origin model or an SD 1.5 checkpoint"),
     "doctor": ("engines.doctor", "show the device, memory, versions, folders and installed models"),
 }
 

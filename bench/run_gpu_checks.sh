@@ -3,17 +3,17 @@
 # artist's PC): the gpu-marked tests, then the GPU benchmarks in fp16 under --vram-limit 6, the
 # smallest card the studio is built for. Steps run most valuable first and share one deadline, so
 # a slow machine still reports the first ones.
-#   bench/run_gpu_checks.sh [OUT_DIR] [SECONDS] [GROUPS]   (defaults: bench/results/gpu, 540, "tests latent foundation learns")
+#   bench/run_gpu_checks.sh [OUT_DIR] [SECONDS] [GROUPS]   (defaults: bench/results/gpu, 540, "tests sd15 latent foundation learns")
 # GROUPS: tests (the gpu-marked tests, with a latent training run at 512 px whose steps/s and peak VRAM
-# go to OUT_DIR/latent_512.json), latent (the 512 px latent step vs the 64 px pixel step), foundation
-# (the pool/pipeline benchmarks), learns (Origin's learns-benchmark at 64 px, one variant per step).
+# go to OUT_DIR/latent_512.json), sd15 (the SD 1.5 engine at 512x768 under --vram-limit 4 and
+# unconstrained), latent (the 512 px latent step vs the 64 px pixel step), foundation (the pool/pipeline benchmarks), learns (Origin's learns-benchmark at 64 px, one variant per step).
 # Writes OUT_DIR/checks.log (everything, RATIO lines at the end) and one JSON per benchmark.
 set -uo pipefail
 cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.."
 
 out="${1:-bench/results/gpu}"
 deadline=$((SECONDS + ${2:-540}))
-groups=" ${3:-tests latent foundation learns} "
+groups=" ${3:-tests sd15 latent foundation learns} "
 py="${PYTHON:-python3}"
 log="$out/checks.log"
 mkdir -p "$out"
@@ -59,6 +59,14 @@ if [[ $groups == *" foundation "* ]]; then
         step "$bench" 150 "$py" "bench/$bench.py" --device cuda --size sd15 --vram-limit 6 --precision fp16 --quick \
             --json "$out/$bench.json"
     done
+fi
+if [[ $groups == *" sd15 "* ]]; then
+    # Text-to-Manga's SD 1.5 engine: an SD 1.5-sized random-weight checkpoint at 512x768, 20 steps, fp16,
+    # on a 4 GB budget (offloaded) and unconstrained; seconds per picture and peak VRAM.
+    step sd15_vram4 170 "$py" bench/bench_sd15_generate.py --device cuda --size sd15 --picture 512x768 \
+        --vram-limit 4 --precision fp16 --repeats 2 --json "$out/bench_sd15_vram4.json"
+    step sd15_unconstrained 170 "$py" bench/bench_sd15_generate.py --device cuda --size sd15 --picture 512x768 \
+        --vram-limit 70 --precision fp16 --repeats 2 --json "$out/bench_sd15_unconstrained.json"
 fi
 
 echo "== summary" | tee -a "$log"

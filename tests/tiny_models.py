@@ -340,3 +340,51 @@ def save_tiny_vae(folder: Path, seed: int = 0, levels: int = 2) -> Path:
     """The tiny VAE as a diffusers folder (config.json + diffusion_pytorch_model.safetensors)."""
     build_tiny_vae(seed, levels).save_pretrained(str(folder))
     return folder
+
+
+# --- tiny LoRA and embeddings in the files artists download ----------------------------------------------
+def save_tiny_kohya_lora(path: Path, seed: int = 0, rank: int = 2, scale: float = 1.0) -> Path:
+    """A LoRA for the tiny pipeline in kohya's format (what A1111 and Civitai share): ``lora_unet_*`` and
+    ``lora_te_*`` keys with ``lora_down``/``lora_up`` weights and an ``alpha`` per module."""
+    import torch
+    from safetensors.torch import save_file
+
+    pipe = build_tiny_sd_pipeline(0)
+    generator = torch.Generator().manual_seed(seed)
+    state = {}
+    targets = [("lora_unet", pipe.unet, ("to_q", "to_k", "to_v", "to_out.0")),
+               ("lora_te", pipe.text_encoder, ("q_proj", "k_proj", "v_proj", "out_proj"))]
+    for prefix, model, leaves in targets:
+        for name, module in model.named_modules():
+            if not isinstance(module, torch.nn.Linear) or not name.endswith(leaves):
+                continue
+            # kohya names text-encoder modules as transformers 4 nested them, under text_model.
+            if prefix == "lora_te" and not name.startswith("text_model."):
+                name = f"text_model.{name}"
+            key = f"{prefix}_{name.replace('.', '_')}"
+            state[f"{key}.lora_down.weight"] = torch.randn(rank, module.in_features, generator=generator) * scale
+            state[f"{key}.lora_up.weight"] = torch.randn(module.out_features, rank, generator=generator) * scale
+            state[f"{key}.alpha"] = torch.tensor(float(rank))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path), metadata={"ss_network_module": "networks.lora", "ss_network_dim": str(rank)})
+    return path
+
+
+def save_tiny_embedding(path: Path, seed: int = 0, vectors: int = 2) -> Path:
+    """A textual-inversion embedding for the tiny pipeline: A1111's ``.safetensors`` (``emb_params``) or,
+    for a ``.pt`` path, A1111's pickle layout (``string_to_param``) with only tensors, ints and strings."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    vectors_tensor = torch.randn(vectors, CROSS_ATTENTION_DIM, generator=generator) * 3
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".pt":
+        torch.save({"string_to_token": {"*": 265}, "string_to_param": {"*": vectors_tensor},
+                    "name": path.stem, "step": 100}, str(path))
+    else:
+        from safetensors.torch import save_file
+
+        save_file({"emb_params": vectors_tensor}, str(path))
+    return path

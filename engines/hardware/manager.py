@@ -210,6 +210,10 @@ class HardwareManager:
 
         return self.pool.add(name, obj, loader=loader, plan_for=plan_for, activate=activate, files=files)
 
+    def is_registered(self, name: str) -> bool:
+        """Whether ``hw.use(name)`` can give the model (loaded now, or reloadable through its loader)."""
+        return self.pool.registered(name)
+
     def use(self, name: str):
         """``with hw.use(name) as pipe:`` activates a model and pins it for the job's duration."""
         return self.pool.use(name)

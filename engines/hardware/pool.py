@@ -194,6 +194,12 @@ class ModelPool:
             entry = self._entries.get(name)
             return entry is not None and entry.tier != UNLOADED
 
+    def registered(self, name: str) -> bool:
+        """True once ``name`` was added, even while it is unloaded (its loader brings it back on use)."""
+        with self._lock:
+            entry = self._entries.get(name)
+            return entry is not None and (entry.tier != UNLOADED or entry.loader is not None)
+
     def tier_of(self, name: str) -> str:
         with self._lock:
             entry = self._entries.get(name)

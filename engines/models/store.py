@@ -80,14 +80,27 @@ class KnownModel:
 
 
 def derive_pipeline(pipeline_cls: Any, base: Any, **kwargs: Any) -> Any:
-    """``pipeline_cls.from_pipe(base)`` that shares ``base``'s components as they are.
+    """A ``pipeline_cls`` built on ``base``'s very components (what ``from_pipe`` does), without copies or casts.
 
-    diffusers 0.42's ``from_pipe`` casts every shared component to float32 unless told a dtype, in
-    place: an fp16 checkpoint doubles in memory and the base pipeline silently turns fp32 too.
-    Passing the base's own dtype keeps both pipelines on the very same weights.
+    diffusers 0.42's ``from_pipe`` ends with ``pipeline.to(dtype)``, float32 unless told otherwise:
+    an fp16 checkpoint would double in memory, and even with the right dtype the call walks every
+    module (20 ms a job on a CPU, and a warning per component each time). Engines derive a pipeline
+    per job (engines/sd15/checkpoint.py says why), so it is built here from the components and the
+    base's optional settings, as ``from_pipe`` would, and nothing is moved. ``kwargs`` replace
+    components (``scheduler=...``) or add the ones ``base`` lacks (``controlnet=...``).
     """
-    kwargs.setdefault("dtype", base.dtype)
-    return pipeline_cls.from_pipe(base, **kwargs)
+    expected, optional = pipeline_cls._get_signature_keys(pipeline_cls)
+    accepted = set(expected) | set(optional)
+    values = {name: component for name, component in base.components.items() if name in accepted}
+    for name in optional:
+        if name not in values and name in base.config and not name.startswith("_"):
+            values[name] = base.config[name]
+    values.update(kwargs)
+    missing = set(expected) - set(values) - set(getattr(pipeline_cls, "_optional_components", []))
+    if missing:
+        raise ValueError(f"{pipeline_cls.__name__} needs {', '.join(sorted(missing))}, which the base pipeline "
+                         "lacks; pass them to derive_pipeline.")
+    return pipeline_cls(**values)
 
 
 class ModelStore:
