@@ -131,7 +131,6 @@ def main(argv: list[str] | None = None) -> int:
         report.note("The engine also checks the request, hashes the model (cached), fits no LoRA and writes "
                     "two PNG text chunks; the raw path does none of that.")
         report.check(f"identical pixels in all {len(same)} engine runs", all(same))
-        del raw_pipe
         hw.close()
         return report.finish(engine_row, raw_row)
 

@@ -83,7 +83,8 @@ def test_missing_run_and_corrupt_checkpoint_are_one_sentence(run_dir: Path, tmp_
     missing = run_app("--model", str(tmp_path / "no-such-run"), "--prompt", "cat", "--output",
                       str(tmp_path / "a.png"), data_dir=tmp_path / "data")
     assert missing.returncode == 3
-    assert missing.stderr.strip().splitlines() == [f"error: No Origin run or checkpoint at {tmp_path / 'no-such-run'}."]
+    (line,) = missing.stderr.strip().splitlines()
+    assert line.startswith(f"error: There is no model at {tmp_path / 'no-such-run'}: give an Origin run")
 
     broken = tmp_path / "broken-run"
     shutil.copytree(run_dir, broken)
@@ -95,6 +96,17 @@ def test_missing_run_and_corrupt_checkpoint_are_one_sentence(run_dir: Path, tmp_
     (line,) = [line for line in corrupt.stderr.splitlines() if line.startswith("error:")]
     assert "is damaged" in line and "earlier checkpoint" in line
     assert "Traceback" not in corrupt.stderr and not (tmp_path / "b.png").exists()
+
+
+def test_cli_batch_with_an_origin_model_and_sd_flags_refused(run_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "a.png"
+    done = run_app("--model", str(run_dir), "--prompt", "cat", "--output", str(out), "--seed", "4", "--steps", "1",
+                   "--batch", "2", "--sampler", "Euler a", data_dir=tmp_path / "data")
+    assert done.returncode == 0, done.stderr
+    seeds = [Image.open(p).text["seed"] for p in (out, tmp_path / "a-2.png")]
+    assert seeds == ["4", "5"] and Image.open(out).text["sampler"] == "euler_a"
+    refused = run_app("--model", str(run_dir), "--prompt", "cat", "--lora", "lineart:0.5", data_dir=tmp_path / "data")
+    assert refused.returncode == 2 and "--lora does not apply to Origin models" in refused.stderr
 
 
 def test_same_seed_same_pixels_progress_and_pool_reuse(run_dir: Path, tmp_path: Path, hardware) -> None:

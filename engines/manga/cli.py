@@ -19,7 +19,7 @@ import os
 import time
 from pathlib import Path
 
-from engines.errors import InvalidRequestError
+from engines.errors import InvalidRequestError, ModelNotFoundError
 from engines.settings import MachineSettings
 
 # Kept as text here: importing the engines would load torch, and --help must stay instant.
@@ -119,6 +119,10 @@ def run(args: argparse.Namespace, settings: MachineSettings) -> int:
         raise InvalidRequestError(f"--batch must be from 1 to 64, not {args.batch}.")
     if is_origin_model(args.model, settings.paths.runs):
         return _run_origin(args, settings)
+    given = Path(args.model).expanduser()
+    if (given.is_absolute() or args.model.startswith((".", "~"))) and not given.exists():
+        raise ModelNotFoundError(f"There is no model at {given}: give an Origin run or checkpoint folder, or an "
+                                 "SD 1.5 checkpoint (a .safetensors file, a diffusers folder or a Hugging Face id).")
     return _run_sd15(args, settings)
 
 
