@@ -3,7 +3,7 @@
 A decode costs as much as several denoising steps on a small card; a linear map from the four
 latent channels to R, G, B costs nothing. The map is fitted to the checkpoint's own VAE the first
 time a preview is asked for (least squares over the latents of a chart of flat colours, the same
-fit Origin's latent models use: engines/origin/model/latent.py), so it suits any VAE override, and
+fit Origin's latent models use: engines/latent_rgb.py), so it suits any VAE override, and
 is kept on the pipeline until the pipeline is reloaded.
 """
 
@@ -18,7 +18,7 @@ def _rgb_map(pipe: Any) -> Any:
         return cached
     import torch
 
-    from engines.origin.model.latent import colour_chart, fit_rgb_map
+    from engines.latent_rgb import colour_chart, fit_rgb_map
 
     vae = pipe.vae
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
@@ -35,7 +35,7 @@ def latent_preview(pipe: Any, latents: Any, upscale: int = 4) -> Any:
     import torch
     from PIL import Image
 
-    from engines.origin.model.latent import latents_to_rgb
+    from engines.latent_rgb import latents_to_rgb
 
     with torch.no_grad():
         rgb = latents_to_rgb(latents[:1].float().cpu(), _rgb_map(pipe))[0]
