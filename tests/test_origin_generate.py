@@ -76,6 +76,12 @@ def test_cli_writes_a_png_with_its_parameters(run_dir: Path, tmp_path: Path) -> 
     assert {k: text.get(k) for k in expected} == expected
     parameters = read_png_parameters(out)
     assert parameters["seed"] == 7 and parameters["enhance"]["vibrancy"] == 0.4
+    # A1111's text too, so A1111's PNG Info, Civitai and the Text-to-Manga history read it.
+    from engines.sd15.png_params import read_png_parameters as read_any
+
+    a1111, inkframe = read_any(out)
+    assert (a1111.prompt, a1111.seed, a1111.steps, a1111.model) == ("manga girl, 森の中", 7, 2, run_dir.name)
+    assert inkframe["backend"] == "origin" and inkframe["seed"] == 7
     assert not [p for p in out.parent.iterdir() if p.name != "girl.png"]  # no temporary file left
 
 

@@ -241,24 +241,36 @@ def _denoise(model: Any, scheduler: Any, context: tuple[Any, Any], reference: An
 
 # -- 7. the PNG -----------------------------------------------------------------------------------
 def save_png(image: Any, path: Path, parameters: dict[str, Any]) -> None:
-    """Write the PNG atomically with each parameter as a text chunk, plus all of them as JSON."""
-    from PIL.PngImagePlugin import PngInfo
+    """Write the PNG atomically: each parameter as a text chunk, all of them as Inkframe's JSON chunk,
+    and A1111's ``parameters`` text, so A1111's PNG Info, Civitai and the studio's history read it."""
+    from engines.sd15.png_params import GenerationParameters, png_info
 
-    info = PngInfo()
+    p = parameters  # a training sample or a benchmark writes only some of them
+    model = Path(str(p["model"])) if p.get("model") else None
+    extra = (("Model checkpoint", model.name if model else None), ("Upscale", p.get("upscale")),
+             ("Version", p.get("software", f"Inkframe Studio {__version__}")))
+    a1111 = GenerationParameters(
+        prompt=str(p.get("prompt", "")), negative=str(p.get("negative", "")), steps=p.get("steps"),
+        sampler=p.get("sampler"), cfg=p.get("cfg"), seed=p.get("seed"), width=p.get("base_width", p.get("width")),
+        height=p.get("base_height", p.get("height")), model=model.parent.parent.name if model else None,
+        extra=tuple((k, str(v)) for k, v in extra if v is not None))
+    info = png_info(a1111, {"backend": "origin", **parameters})
     for key, value in parameters.items():
         # PIL writes iTXt (UTF-8) itself when the text is not Latin-1: Japanese prompts survive.
         info.add_text(key, value if isinstance(value, str) else json.dumps(value, ensure_ascii=False))
-    info.add_text("parameters", json.dumps(parameters, ensure_ascii=False))
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda tmp: image.save(tmp, format="PNG", pnginfo=info))
 
 
 def read_png_parameters(path: Path) -> dict[str, Any]:
-    """The parameters a generated PNG was made with (the "parameters" text chunk)."""
+    """The parameters a generated PNG was made with (Inkframe's JSON chunk; before it, "parameters")."""
     from PIL import Image
 
     with Image.open(path) as image:
-        return json.loads(image.text["parameters"])
+        text = image.text.get("inkframe") or image.text["parameters"]
+    parameters = json.loads(text)
+    parameters.pop("backend", None)
+    return parameters
 
 
 # -- the engine call ------------------------------------------------------------------------------
