@@ -11,17 +11,23 @@ log = logging.getLogger(__name__)
 def build_app(ctx) -> Any:
     import gradio as gr
 
-    from studio import dataset_tab, system_tab, training_tab
+    from studio import dataset_tab, manga_tab, system_tab, training_tab
     from studio.header import render_header
 
     with gr.Blocks(title="Inkframe Studio", analytics_enabled=False, fill_width=True) as demo:
         # The first readout arrives with the page's load event: probing the device imports
         # torch (~1 s), which need not delay the first byte the browser sees.
         header = gr.HTML(render_header(None), elem_id="ink-header-block")
-        with gr.Tabs(elem_id="ink-tabs"):
+        with gr.Tabs(elem_id="ink-tabs") as tabs:
+            manga = manga_tab.build(ctx)
             dataset_tab.build(ctx)
-            training_tab.build(ctx)
+            training = training_tab.build(ctx)
             system = system_tab.build(ctx, header)
+        # "Generate with this" on a training checkpoint: the Text-to-Manga tab, with that checkpoint chosen.
+        training["generate_with"].click(
+            lambda run, checkpoint: (gr.Tabs(selected="manga"), training["model_for"](run, checkpoint)),
+            inputs=[training["selected_run"], training["picked_checkpoint"]],
+            outputs=[tabs, manga["fields"]["model"]], api_visibility="private", show_progress="hidden")
         refresh, outputs = system["load"]
         demo.load(refresh, outputs=outputs, show_progress="hidden", api_visibility="private")
     demo.queue(default_concurrency_limit=4)

@@ -160,6 +160,11 @@ def build(ctx) -> dict[str, Any]:
                 with gr.Accordion("Checkpoints", open=False):
                     checkpoints_table = gr.Dataframe(headers=["Checkpoint", "Kind", "Step", "Epoch", "Loss"],
                                                      value=[], interactive=False, elem_id="training-checkpoints")
+                    with gr.Row():
+                        picked_note = gr.Markdown("Click a checkpoint to choose it (default: the newest).",
+                                                  elem_id="training-picked")
+                        generate_with = gr.Button("Generate with this", size="sm", variant="primary",
+                                                  elem_id="training-generate-with")
                 with gr.Accordion("Logs", open=False):
                     with gr.Row():
                         log_name = gr.Dropdown(label="Log", choices=list(LOG_NAMES), value="main")
@@ -168,6 +173,7 @@ def build(ctx) -> dict[str, Any]:
                                           autoscroll=True, elem_id="training-log")
         timer = gr.Timer(REFRESH_S)
         session = gr.State(dict)  # inside the Tab: a State directly under gr.Tabs shows up as a tab button
+        picked = gr.State(None)
         gr.api(train_runs, api_name="train_runs")  # inside too, for the same reason
 
     names = list(fields)
@@ -313,7 +319,30 @@ def build(ctx) -> dict[str, Any]:
                           api_visibility="private", queue=False)
     chart_button.click(chart, inputs=selected, outputs=chart_button, api_name="train_chart")
 
-    return {"fields": fields, "refresh": refresh, "start": start_run, "steer": steer, "chart": chart,
+    def pick_checkpoint(rows: Any, event: gr.SelectData):
+        row = getattr(event, "row_value", None) or []
+        name = str(row[0]) if row else None
+        return name, (f"**{name}** chosen: Generate with this opens it in Text-to-Manga." if name else
+                      "Click a checkpoint to choose it (default: the newest).")
+
+    pick_checkpoint.__annotations__["event"] = gr.SelectData  # gradio reads the event type from the annotation
+
+    def model_for(name: Any, checkpoint: Any) -> str:
+        """What Text-to-Manga's model field gets: the chosen checkpoint's folder, or the run (its newest)."""
+        run_dir = _run_dir(name)
+        if run_dir is None:
+            raise gr.Error("Choose a run with a checkpoint first.")
+        folder = run_dir / "checkpoints" / str(checkpoint) if checkpoint else None
+        if folder is not None and (folder / "meta.json").is_file():
+            return str(folder)
+        if not checkpoint_rows(run_dir):
+            raise gr.Error(f"Run {run_dir.name} has no checkpoint yet; wait for its first one or press Save now.")
+        return run_dir.name
+
+    checkpoints_table.select(pick_checkpoint, inputs=checkpoints_table, outputs=[picked, picked_note],
+                             api_visibility="private", show_progress="hidden")
+    return {"fields": fields, "refresh": refresh, "generate_with": generate_with, "model_for": model_for,
+            "selected_run": selected, "picked_checkpoint": picked, "start": start_run, "steer": steer, "chart": chart,
             "show_sample": show_sample, "live": live, "view_inputs": view_inputs, "views": views,
             "loss_fields": [n for n in LossConfig.__dataclass_fields__ if n != "min_snr_gamma"]}
 

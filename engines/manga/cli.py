@@ -23,8 +23,6 @@ from engines.errors import InvalidRequestError, ModelNotFoundError
 from engines.settings import MachineSettings
 
 # Kept as text here: importing the engines would load torch, and --help must stay instant.
-ORIGIN_SAMPLERS = {"ddpm": "ddpm", "ddim": "ddim", "dpm++": "dpm++", "euler_a": "euler_a", "euler a": "euler_a",
-                   "dpm++ 2m": "dpm++"}
 SD_ONLY = ("clip_skip", "lora", "embedding", "hires", "hires_strength", "hires_steps", "hires_upscaler",
            "reference_scale")
 ORIGIN_ONLY = ("guidance_rescale", "upscale", "detail", "vibrancy", "saturation", "contrast", "brightness")
@@ -95,15 +93,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     origin.add_argument("--no-enhance", action="store_true", help="skip sharpening, colour and clean-up passes")
 
 
-def is_origin_model(ref: str, runs_dir: Path) -> bool:
-    """An Origin run or checkpoint folder (its meta.json or checkpoints/), as given or under runs/."""
-    for path in (Path(ref).expanduser(), runs_dir / ref):
-        if path.is_dir() and ((path / "meta.json").is_file() or (path / "checkpoints").is_dir()
-                              or (path / "config.json").is_file() and (path / "run.json").is_file()):
-            return True
-    return False
-
-
 def _refuse(args: argparse.Namespace, names: tuple[str, ...], backend: str) -> None:
     for name in names:
         value = getattr(args, name)
@@ -117,6 +106,8 @@ def run(args: argparse.Namespace, settings: MachineSettings) -> int:
         args.width, args.height = args.size
     if args.batch < 1 or args.batch > 64:
         raise InvalidRequestError(f"--batch must be from 1 to 64, not {args.batch}.")
+    from engines.manga.panels import is_origin_model
+
     if is_origin_model(args.model, settings.paths.runs):
         return _run_origin(args, settings)
     given = Path(args.model).expanduser()
@@ -127,6 +118,7 @@ def run(args: argparse.Namespace, settings: MachineSettings) -> int:
 
 
 def _run_origin(args: argparse.Namespace, settings: MachineSettings) -> int:
+    from engines.manga.panels import ORIGIN_SAMPLERS
     from engines.origin.generation import cli as origin_cli
 
     _refuse(args, SD_ONLY, "Origin models (it is for SD 1.5 checkpoints)")
