@@ -67,6 +67,8 @@ if [[ $groups == *" sd15 "* ]]; then
         --vram-limit 4 --precision fp16 --repeats 2 --json "$out/bench_sd15_vram4.json"
     step sd15_unconstrained 170 "$py" bench/bench_sd15_generate.py --device cuda --size sd15 --picture 512x768 \
         --vram-limit 70 --precision fp16 --repeats 2 --json "$out/bench_sd15_unconstrained.json"
+    step sd15_reference 150 "$py" bench/bench_sd15_reference.py --device cuda --size sd15 --vram-limit 6 \
+        --precision fp16 --quick --json "$out/bench_sd15_reference.json"
 fi
 
 echo "== summary" | tee -a "$log"

@@ -30,9 +30,13 @@ def build(ctx) -> dict[str, Any]:
 
     def generate(prompt: str, model: str, negative: str = "", sampler: str = "", steps: int = 0, cfg: float = 0.0,
                  width: int = 0, height: int = 0, seed: int = RANDOM_SEED, batch_count: int = 1,
-                 batch_size: int = 1, clip_skip: int = 2, vae: str = "", hires_scale: float = 1.0,
+                 batch_size: int = 1, clip_skip: int = 2, vae: str = "", reference: str = "",
+                 reference_scale: float = 0.6, reference_variant: str = "plain", second_reference: str = "",
+                 reference_split: str = "left-right", hires_scale: float = 1.0,
                  hires_strength: float = 0.5, hires_upscaler: str = "lanczos", upscale: int = 1) -> list[dict]:
-        """Panels from a prompt; model is an Origin run or an SD 1.5 checkpoint (name in models/, path or HF id).
+        """Panels from a prompt; model is an Origin run or an SD 1.5 checkpoint (name in models/, path or HF id);
+        reference is a picture of the character on the studio's machine (kept across panels); second_reference
+        a second character, drawn in the other half (reference_split "left-right" or "top-bottom").
 
         Returns one entry per picture: its file on the studio's machine, its seed and its A1111 parameters."""
         from engines.manga.panels import check, generate_panels
@@ -93,6 +97,21 @@ def build(ctx) -> dict[str, Any]:
                 with gr.Row():
                     f["batch_count"] = gr.Slider(1, 16, value=1, step=1, label="Batch count", elem_id="manga-count")
                     f["batch_size"] = gr.Slider(1, 8, value=1, step=1, label="Batch size (SD)", elem_id="manga-size")
+                with gr.Accordion("Character reference: keep one character across panels", open=False):
+                    with gr.Row():
+                        f["reference"] = gr.Image(label="Reference picture", type="filepath", height=180,
+                                                  sources=["upload", "clipboard"], elem_id="manga-reference")
+                        with gr.Column():
+                            f["reference_scale"] = gr.Slider(0, 1.5, value=0.6, step=0.05,
+                                                             label="Strength (SD)", elem_id="manga-reference-scale")
+                            f["reference_variant"] = gr.Radio(["plain", "face"], value="plain", label="IP-Adapter (SD)",
+                                                              info="plain: outfit and colours; face: a cropped face")
+                        f["second_reference"] = gr.Image(label="Second character (SD, optional)", type="filepath",
+                                                         height=180, sources=["upload", "clipboard"],
+                                                         elem_id="manga-second-reference")
+                    f["reference_split"] = gr.Radio(["left-right", "top-bottom"], value="left-right",
+                                                    label="Two characters: first on the left (top), second on the "
+                                                          "right (bottom)")
                 with gr.Accordion("SD 1.5: clip skip, LoRAs, embeddings, VAE, hires fix", open=False):
                     with gr.Row():
                         f["clip_skip"] = gr.Slider(1, 4, value=2, step=1, label="Clip skip", elem_id="manga-clip")

@@ -117,6 +117,9 @@ def fields_from_png(path: str, paths: Any) -> dict[str, Any]:
         model = next((m for m in known if p.model and Path(m).stem.lower() == p.model.lower()), None)
         if model:
             values["model"] = model
+    for name in ("reference", "second_reference"):
+        if values.get(name) and not Path(str(values[name])).is_file():
+            del values[name]  # a reference moved or deleted since: keep the field as it is
     return {k: v for k, v in values.items() if v is not None and v != ""}
 
 
@@ -132,7 +135,7 @@ def request_from_values(values: dict[str, Any]) -> PanelRequest:
         value = values[f.name]
         if f.name in whole:
             value = int(_number(value, 0))
-        elif f.name in ("cfg", "hires_scale", "hires_strength", "detail", "vibrancy"):
+        elif f.name in ("cfg", "hires_scale", "hires_strength", "detail", "vibrancy", "reference_scale"):
             value = float(_number(value, 0.0))
         elif isinstance(value, str) or value is None:
             value = str(value or "")

@@ -15,6 +15,7 @@ from engines.sd15.png_params import GenerationParameters, save_png
 from engines.settings import MachineSettings
 from studio.manga_view import (fields_from_png, history, model_choices, parameters_text, request_from_values,
                                with_lora, with_word)
+from tiny_models import save_tiny_ip_adapter
 
 
 @pytest.fixture
@@ -46,6 +47,7 @@ def test_widget_values_become_a_request_and_bad_ones_a_sentence(paths) -> None:
     assert check(request, paths) == "sd15"
     assert check(PanelRequest(model="my-style", prompt="ink"), paths) == "origin"
     for wrong, words in ((PanelRequest(model="my-style", prompt="ink", hires_scale=2.0), "SD 1.5 checkpoints"),
+                         (PanelRequest(model="my-style", prompt="ink", second_reference="b.png"), "takes one"),
                          (PanelRequest(model="tiny-anime", upscale=2), "Origin models"),
                          (PanelRequest(model="tiny-anime", prompt="(ink"), "never closed"),
                          (PanelRequest(model=""), "Choose a model")):
@@ -81,6 +83,9 @@ def studio(tmp_path_factory: pytest.TempPathFactory, tiny_sd_dir: Path):
 
     data = tmp_path_factory.mktemp("manga-studio") / "data"
     shutil.copytree(tiny_sd_dir, data / "models" / "tiny-anime")
+    save_tiny_ip_adapter(data / "models" / "h94--IP-Adapter")
+    (data / "outputs").mkdir(parents=True)
+    Image.new("RGB", (48, 48), (220, 30, 40)).save(data / "outputs" / "hero.png")
     server = Studio(data, "--cpu", "--offline")
     yield server, data
     server.stop()
@@ -96,6 +101,10 @@ def test_generate_endpoint_through_gradio_client(studio) -> None:
     assert [m["seed"] for m in made] == [5, 6]
     assert all(Path(m["file"]).is_file() and Path(m["file"]).is_relative_to(data / "outputs") for m in made)
     assert "Seed: 5" in made[0]["parameters"] and "Sampler: DDIM" in made[0]["parameters"]
+    hero = client.predict(prompt="ink manga", model="tiny-anime", sampler="DDIM", steps=2, width=64, height=64,
+                          seed=5, reference=str(data / "outputs" / "hero.png"), reference_scale=0.8,
+                          api_name="/generate")
+    assert "IP-Adapter scale: 0.8" in hero[0]["parameters"]
     with pytest.raises(Exception, match="never closed"):
         client.predict(prompt="(ink", model="tiny-anime", api_name="/generate")
 

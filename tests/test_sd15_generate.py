@@ -19,7 +19,7 @@ from engines.settings import MachineSettings
 from engines.sd15.png_params import read_png_parameters
 from engines.sd15.request import Sd15Request
 from engines.sd15.txt2img import generate
-from tiny_models import save_tiny_embedding, save_tiny_kohya_lora
+from tiny_models import save_tiny_embedding, save_tiny_ip_adapter, save_tiny_kohya_lora
 
 BASE = "stable-diffusion-v1-5--stable-diffusion-v1-5"  # where a single file finds its base model's configs
 QUICK = dict(steps=2, cfg=2.0, width=64, height=64, sampler="DDIM", clip_skip=1, seed=5)
@@ -35,6 +35,10 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory, tiny_sd_dir: Path, tiny_s
     save_tiny_kohya_lora(models / "loras" / "styles" / "Lineart.safetensors", seed=1)
     save_tiny_embedding(models / "embeddings" / "easyneg.safetensors", seed=2)
     save_tiny_embedding(models / "embeddings" / "oldstyle.pt", seed=3, vectors=1)
+    save_tiny_ip_adapter(models / "h94--IP-Adapter", seed=4)
+    for name, colour in (("red.png", (220, 30, 40)), ("blue.png", (20, 40, 230))):
+        Image.new("RGB", (48, 48), colour).save(data / name)
+    Image.new("RGBA", (48, 48), (0, 0, 0, 0)).save(data / "clear.png")
     return data
 
 
@@ -162,6 +166,49 @@ def test_progress_previews_and_cancel(ctx, tmp_path: Path) -> None:
     assert not list((tmp_path / "cancelled").glob("*.png"))
 
 
+def test_a_character_reference_steers_the_picture_and_goes_away_after(ctx, data_dir: Path, tmp_path: Path) -> None:
+    plain = pixels(make(ctx, tmp_path))
+    red = make(ctx, tmp_path, reference=data_dir / "red.png", reference_scale=1.0)
+    blue = pixels(make(ctx, tmp_path, reference=data_dir / "blue.png", reference_scale=1.0))
+    assert not np.array_equal(pixels(red), plain) and not np.array_equal(pixels(red), blue)
+    assert np.array_equal(pixels(make(ctx, tmp_path, reference=data_dir / "red.png", reference_scale=1.0)),
+                          pixels(red))  # same seed, same reference: same pixels
+    assert not np.array_equal(pixels(make(ctx, tmp_path, reference=data_dir / "clear.png")), plain)
+    assert np.array_equal(pixels(make(ctx, tmp_path)), plain)  # the adapter is taken out again
+    parameters, inkframe = read_png_parameters(red.pictures[0].path)
+    assert ("IP-Adapter scale", "1") in parameters.extra and inkframe["request"]["reference"].endswith("red.png")
+    hires = make(ctx, tmp_path, reference=data_dir / "red.png", hires_scale=1.5)
+    assert Image.open(hires.pictures[0].path).size == (96, 96)
+
+
+def test_two_references_in_halves_of_one_panel(ctx, data_dir: Path, tmp_path: Path) -> None:
+    red, blue = data_dir / "red.png", data_dir / "blue.png"
+    both = dict(reference_scale=1.0, width=64, height=64)
+    red_left = pixels(make(ctx, tmp_path, reference=red, second_reference=blue, **both))
+    blue_left = pixels(make(ctx, tmp_path, reference=blue, second_reference=red, **both))
+    stacked = pixels(make(ctx, tmp_path, reference=red, second_reference=blue, reference_split="top-bottom", **both))
+    only_red = pixels(make(ctx, tmp_path, reference=red, **both))
+    assert len({a.tobytes() for a in (red_left, blue_left, stacked, only_red)}) == 4
+    hires = make(ctx, tmp_path, reference=red, second_reference=blue, hires_scale=1.5, **both)
+    parameters, _ = read_png_parameters(hires.pictures[0].path)
+    assert ("IP-Adapter regions", "left-right") in parameters.extra
+    with pytest.raises(InvalidRequestError, match="first character"):
+        make(ctx, tmp_path, second_reference=blue)
+
+
+def test_a_missing_ip_adapter_offline_is_one_sentence_before_loading(data_dir: Path, tmp_path: Path) -> None:
+    from engines.errors import OfflineError
+
+    models = tmp_path / "models"
+    shutil.copytree(data_dir / "models" / "tiny-anime", models / "tiny-anime")
+    hardware = HardwareManager(MachineSettings(data_dir=tmp_path, cpu=True, offline=True),
+                               device_budget_bytes=2**30, host_budget_bytes=2**30)
+    with pytest.raises(OfflineError, match="h94/IP-Adapter") as caught:
+        generate(Sd15Request(model="tiny-anime", reference=data_dir / "red.png", output_dir=tmp_path, **QUICK),
+                 hardware, ModelStore(models, offline=True))
+    assert "ip-adapter_sd15.safetensors" in str(caught.value) and not hardware.pool.names()
+
+
 @pytest.mark.parametrize("changes, words", [
     (dict(prompt="(ink:1.2"), "never closed"),
     (dict(negative="ink)"), "negative prompt"),
@@ -171,6 +218,9 @@ def test_progress_previews_and_cancel(ctx, tmp_path: Path) -> None:
     (dict(width=100), "multiple of 8"),
     (dict(hires_scale=9.0), "hires fix scale"),
     (dict(model="no-such-model"), "models"),
+    (dict(reference=Path("/no/such.png")), "does not exist"),
+    (dict(reference=Path(__file__)), "cannot be read"),
+    (dict(reference=Path(__file__).parent / "conftest.py", reference_variant="elf"), "plain, face"),
 ])
 def test_bad_requests_are_one_sentence_before_loading(ctx, tmp_path: Path, changes: dict, words: str) -> None:
     hardware, _ = ctx
@@ -193,5 +243,9 @@ def test_cli_generates_with_an_sd_checkpoint_and_refuses_origin_flags(data_dir: 
     assert out.is_file() and (tmp_path / "panel-2.png").is_file()
     parameters, _ = read_png_parameters(out)
     assert (parameters.sampler, parameters.clip_skip, parameters.seed) == ("Euler a", 2, 5)
+    referenced = tmp_path / "referenced.png"
+    assert main(args[:-4] + ["--output", str(referenced), "--reference", str(data_dir / "red.png"),
+                             "--reference-scale", "0.9", "--data-dir", str(data_dir), "--cpu", "--offline"]) == 0
+    assert ("IP-Adapter scale", "0.9") in read_png_parameters(referenced)[0].extra
     assert main(args[:-4] + ["--upscale", "2", "--data-dir", str(data_dir), "--cpu", "--offline"]) == 2
     assert "--upscale does not apply to SD 1.5" in capsys.readouterr().err

@@ -388,3 +388,53 @@ def save_tiny_embedding(path: Path, seed: int = 0, vectors: int = 2) -> Path:
 
         save_file({"emb_params": vectors_tensor}, str(path))
     return path
+
+
+# --- a tiny IP-Adapter in h94/IP-Adapter's layout ------------------------------------------------------
+IMAGE_EMBED_DIM = 8
+
+
+# The tiny encoder; bench/ passes ViT-H's shapes (what h94/IP-Adapter's SD 1.5 encoder is) for real timings.
+TINY_IMAGE_ENCODER = dict(hidden_size=16, intermediate_size=32, projection_dim=IMAGE_EMBED_DIM, num_hidden_layers=2,
+                          num_attention_heads=2, image_size=32, patch_size=8)
+
+
+def save_tiny_ip_adapter(folder: Path, seed: int = 0, scale: float = 1.0, unet=None, encoder_config=None) -> Path:
+    """``folder/models/ip-adapter_sd15.safetensors`` (the plain IP-Adapter's ``image_proj.*`` and
+    ``ip_adapter.N.to_k_ip/to_v_ip`` keys, N odd, one per cross-attention layer in the UNet's order) and
+    ``folder/models/image_encoder`` (a CLIPVisionModelWithProjection), as h94/IP-Adapter lays them out;
+    random weights for ``unet`` (default: the tiny pipeline's)."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    folder = Path(folder)
+    torch.manual_seed(seed)
+    config = CLIPVisionConfig(**(encoder_config or TINY_IMAGE_ENCODER))
+    CLIPVisionModelWithProjection(config).save_pretrained(str(folder / "models" / "image_encoder"))
+    unet = unet if unet is not None else build_tiny_sd_pipeline(0).unet
+    width, embed = unet.config.cross_attention_dim, config.projection_dim
+    generator = torch.Generator().manual_seed(seed)
+    # Scaled like a trained projection: outputs of about unit size, whatever the widths.
+    state = {
+        "image_proj.proj.weight": torch.randn(4 * width, embed, generator=generator) * scale / embed**0.5,
+        "image_proj.proj.bias": torch.zeros(4 * width),
+        "image_proj.norm.weight": torch.ones(width),
+        "image_proj.norm.bias": torch.zeros(width),
+    }
+    key_id = 1
+    for name in unet.attn_processors:
+        if name.endswith("attn1.processor"):
+            continue
+        if name.startswith("mid_block"):
+            hidden = unet.config.block_out_channels[-1]
+        elif name.startswith("up_blocks"):
+            hidden = list(reversed(unet.config.block_out_channels))[int(name[len("up_blocks.")])]
+        else:
+            hidden = unet.config.block_out_channels[int(name[len("down_blocks.")])]
+        for part in ("to_k_ip", "to_v_ip"):
+            state[f"ip_adapter.{key_id}.{part}.weight"] = torch.randn(
+                hidden, width, generator=generator) * scale / width**0.5
+        key_id += 2
+    save_file(state, str(folder / "models" / "ip-adapter_sd15.safetensors"))
+    return folder

@@ -24,7 +24,7 @@ from engines.settings import MachineSettings
 
 # Kept as text here: importing the engines would load torch, and --help must stay instant.
 SD_ONLY = ("clip_skip", "lora", "embedding", "hires", "hires_strength", "hires_steps", "hires_upscaler",
-           "reference_scale")
+           "reference_scale", "reference_variant", "second_reference", "reference_split")
 ORIGIN_ONLY = ("guidance_rescale", "upscale", "detail", "vibrancy", "saturation", "contrast", "brightness")
 
 
@@ -69,7 +69,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     both.add_argument("--vae", default=None, metavar="REF",
                       help="SD: a VAE to use instead of the checkpoint's; Origin latent models: where their VAE is now")
     both.add_argument("--reference", type=Path, default=None, metavar="IMAGE",
-                      help="Origin: a style reference or the previous panel")
+                      help="a picture of the character to keep across panels (SD: IP-Adapter); "
+                           "Origin: a style reference or the previous panel")
     sd = parser.add_argument_group("SD 1.5 checkpoints")
     sd.add_argument("--clip-skip", type=int, default=None, metavar="N", help="text encoder layers to skip (default 2)")
     sd.add_argument("--lora", action="append", default=[], metavar="FILE[:W]",
@@ -80,7 +81,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sd.add_argument("--hires-strength", type=float, default=None, metavar="X", help="hires fix denoising (default 0.5)")
     sd.add_argument("--hires-steps", type=int, default=None, metavar="N", help="hires fix steps (default: --steps)")
     sd.add_argument("--hires-upscaler", choices=("lanczos", "latent"), default=None, help="hires fix upscaler")
-    sd.add_argument("--reference-scale", type=float, default=None, help=argparse.SUPPRESS)
+    sd.add_argument("--reference-scale", type=float, default=None, metavar="X",
+                    help="how strongly the panel follows --reference, 0 to 2 (default 0.6)")
+    sd.add_argument("--reference-variant", choices=("plain", "face"), default=None,
+                    help="IP-Adapter: plain (the whole picture, default) or face (a cropped face)")
+    sd.add_argument("--second-reference", type=Path, default=None, metavar="IMAGE",
+                    help="a second character, drawn in the other half of the panel")
+    sd.add_argument("--reference-split", choices=("left-right", "top-bottom"), default=None,
+                    help="where the two references go: left/right halves (default) or top/bottom")
     origin = parser.add_argument_group("Origin models")
     origin.add_argument("--guidance-rescale", type=float, default=None, metavar="R",
                         help="0..1: keeps strong guidance from burning colours (default 0.7 on zero_snr models)")
@@ -145,7 +153,7 @@ def _run_origin(args: argparse.Namespace, settings: MachineSettings) -> int:
 
 
 def _run_sd15(args: argparse.Namespace, settings: MachineSettings) -> int:
-    _refuse(args, ORIGIN_ONLY + ("reference",), "SD 1.5 checkpoints (it is for Origin models)")
+    _refuse(args, ORIGIN_ONLY, "SD 1.5 checkpoints (it is for Origin models)")
     from engines.context import build_engine_context
     from engines.progress import TqdmProgress
     from engines.sd15.library import Sd15Library
@@ -154,11 +162,13 @@ def _run_sd15(args: argparse.Namespace, settings: MachineSettings) -> int:
 
     values = dict(model=args.model, prompt=args.prompt, negative=args.negative, seed=args.seed,
                   batch_count=args.batch, output=args.output,
-                  loras=tuple(_lora(t) for t in args.lora), embeddings=tuple(args.embedding))
+                  loras=tuple(_lora(t) for t in args.lora), embeddings=tuple(args.embedding),
+                  reference=args.reference, second_reference=args.second_reference)
     optional = dict(sampler=args.sampler, steps=args.steps, cfg=args.cfg, width=args.width, height=args.height,
                     vae=args.vae, clip_skip=args.clip_skip, hires_scale=args.hires,
                     hires_strength=args.hires_strength, hires_steps=args.hires_steps,
-                    hires_upscaler=args.hires_upscaler)
+                    hires_upscaler=args.hires_upscaler, reference_scale=args.reference_scale,
+                    reference_variant=args.reference_variant, reference_split=args.reference_split)
     values.update({k: v for k, v in optional.items() if v is not None})
     request = Sd15Request(**values)
     paths = settings.paths.ensure()

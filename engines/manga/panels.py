@@ -41,6 +41,11 @@ class PanelRequest:
     batch_size: int = 1  # SD only
     clip_skip: int = 2  # SD only
     vae: str = ""
+    reference: str = ""  # a picture of the character: SD's IP-Adapter, Origin's reference conditioning
+    reference_scale: float = 0.6  # SD only: how strongly the panel follows the reference
+    reference_variant: str = "plain"  # SD only: "plain" or "face"
+    second_reference: str = ""  # SD only: a second character, drawn in the other half of the panel
+    reference_split: str = "left-right"  # SD only: "left-right" or "top-bottom"
     hires_scale: float = 1.0  # SD only
     hires_strength: float = 0.5
     hires_upscaler: str = "lanczos"
@@ -80,7 +85,10 @@ def _sd_request(request: PanelRequest, folder: Path) -> Any:
         model=r.model.strip(), prompt=r.prompt, negative=r.negative, seed=r.seed, batch_count=r.batch_count,
         batch_size=r.batch_size, clip_skip=r.clip_skip, vae=r.vae.strip() or None, hires_scale=r.hires_scale,
         hires_strength=r.hires_strength, hires_upscaler=r.hires_upscaler, output_dir=folder,
-        preview_every=r.preview_every)
+        preview_every=r.preview_every, reference=Path(r.reference.strip()) if r.reference.strip() else None,
+        reference_scale=r.reference_scale, reference_variant=r.reference_variant,
+        second_reference=Path(r.second_reference.strip()) if r.second_reference.strip() else None,
+        reference_split=r.reference_split)
     for name in ("sampler", "steps", "cfg", "width", "height"):
         if getattr(r, name):
             values[name] = getattr(r, name)
@@ -97,6 +105,8 @@ def _origin_requests(request: PanelRequest, runs_dir: Path, folder: Path) -> lis
     if r.batch_size != 1 or r.hires_scale != 1.0:
         raise InvalidRequestError("Batch size and the hires fix are for SD 1.5 checkpoints; with an Origin model "
                                   "use the batch count and Upscale.")
+    if r.second_reference.strip():
+        raise InvalidRequestError("A second character reference is for SD 1.5 checkpoints; an Origin model takes one.")
     model = r.model.strip()
     if not Path(model).expanduser().is_dir():
         model = str(Path(runs_dir) / model)
@@ -109,6 +119,7 @@ def _origin_requests(request: PanelRequest, runs_dir: Path, folder: Path) -> lis
         one = GenerateRequest(
             model=model, prompt=r.prompt, negative=r.negative, output=folder / f"{stamp}-{seed}.png", seed=seed,
             steps=r.steps or 30, cfg=r.cfg or 5.0, sampler=sampler, vae=r.vae.strip() or None, upscale=r.upscale,
+            reference=Path(r.reference.strip()) if r.reference.strip() else None,
             width=r.width or None, height=r.height or None, preview_every=r.preview_every,
             enhance=replace(EnhanceSettings(), detail=r.detail, vibrancy=r.vibrancy))
         check(one)

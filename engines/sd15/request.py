@@ -10,9 +10,9 @@ clip skip 2, a 512x768 portrait panel.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from engines.errors import InvalidRequestError
 from engines.sd15.checkpoint import CheckpointRef, LoraUse
@@ -57,6 +57,13 @@ class Sd15Request:
     hires_strength: float = 0.5  # how much the second pass may change (A1111's denoising strength)
     hires_steps: int = 0  # 0: the same number of steps as the first pass
     hires_upscaler: str = "lanczos"  # "lanczos" (the picture) or "latent" (the latents)
+    reference: Optional[Path] = None  # a picture of the character to keep across panels (IP-Adapter)
+    reference_scale: float = 0.6  # how strongly the panel follows it (0 = not at all, 1 = closely)
+    reference_variant: str = "plain"  # "plain" (the whole picture) or "face" (a cropped face)
+    # Two characters in one panel: the first reference drawn in the left (or top) half, this one in the
+    # right (or bottom) half (diffusers' IP-Adapter attention masks).
+    second_reference: Optional[Path] = None
+    reference_split: str = "left-right"  # "left-right" or "top-bottom"
     output_dir: Optional[Path] = None  # None: <data>/outputs/panels/<date>
     output: Optional[Path] = None  # an exact file for the first picture (the CLI's --output)
     preview_every: int = 0  # a live preview every N steps (0: none)
@@ -73,7 +80,8 @@ class Sd15Plan:
     negative: ParsedPrompt
     loras: tuple[LoraUse, ...]
     embeddings: tuple[NetworkFile, ...]
-    seeds: tuple[int, ...] = field(default=())
+    reference_image: Any = None  # the reference, read and checked (PIL, RGB)
+    second_image: Any = None  # the second character's, when there is one
 
     @property
     def hires(self) -> bool:
@@ -149,8 +157,29 @@ def check(request: Sd15Request, library: Sd15Library) -> Sd15Plan:
         loras[file.name.lower()] = LoraUse(file, tag.weight, tag.unet_weight)
     extra = [library.embedding(e) for e in r.embeddings]
     embeddings = library.embeddings_in(r.prompt or "", r.negative or "", extra=extra)
+    reference_image = None
+    if r.reference is not None and str(r.reference).strip():
+        from engines.sd15.reference import check_variant, load_reference_image
+
+        check_variant(r.reference_variant)
+        _number("The reference scale", r.reference_scale, 0.0, 2.0)
+        if not Path(r.reference).expanduser().is_file():
+            raise InvalidRequestError(f"The reference image {r.reference} does not exist.")
+        reference_image = load_reference_image(Path(r.reference).expanduser())
+    second_image = None
+    if r.second_reference is not None and str(r.second_reference).strip():
+        from engines.sd15.reference import SPLITS, load_reference_image
+
+        if reference_image is None:
+            raise InvalidRequestError("Give the first character's reference before a second one.")
+        if r.reference_split not in SPLITS:
+            raise InvalidRequestError(f"The two references split the panel {' or '.join(SPLITS)}, "
+                                      f"not '{r.reference_split}'.")
+        if not Path(r.second_reference).expanduser().is_file():
+            raise InvalidRequestError(f"The second reference image {r.second_reference} does not exist.")
+        second_image = load_reference_image(Path(r.second_reference).expanduser())
     plan = Sd15Plan(r, CheckpointRef(str(r.model).strip(), (r.vae or "").strip() or None), sampler,
-                    prompt, negative, tuple(loras.values()), tuple(embeddings))
+                    prompt, negative, tuple(loras.values()), tuple(embeddings), reference_image, second_image)
     w, h = plan.hires_size
     if plan.hires and max(w, h) > MAX_HIRES_SIDE:
         raise InvalidRequestError(f"The hires fix would make {w}x{h} pictures; keep each side at most "

@@ -35,6 +35,7 @@ from engines.sd15.file_hashes import HashCache
 from engines.sd15.library import Sd15Library
 from engines.sd15.png_params import GenerationParameters, save_png
 from engines.sd15.preview import latent_preview
+from engines.sd15.reference import adapter_files, fit_reference, reference_kwargs
 from engines.sd15.request import Sd15Plan, Sd15Request, check
 from engines.sd15.samplers import build_scheduler
 
@@ -121,6 +122,8 @@ def generate(request: Sd15Request, hardware: Any, store: ModelStore, *, on_step:
     plan = check(request, library)
     models = Sd15Models(hardware, store)
     models.check(plan.checkpoint)
+    if plan.reference_image is not None:
+        adapter_files(store, request.reference_variant)  # there (or downloaded) before the checkpoint loads
     first = request.seed if request.seed is not None else int.from_bytes(os.urandom(4), "little")
     count = request.batch_count * request.batch_size
     seeds = [(first + i) % 2**32 for i in range(count)]
@@ -135,8 +138,12 @@ def generate(request: Sd15Request, hardware: Any, store: ModelStore, *, on_step:
             # 3. this job's LoRAs and embeddings, and the sampler
             on_step(0, progress.total, "Preparing LoRAs and embeddings" if plan.loras or plan.embeddings else "")
             models.apply_networks(base, plan.loras, plan.embeddings)
+            referenced = plan.reference_image is not None
+            fit_reference(base, store, request.reference_variant if referenced else None, hardware.dtype("inference"))
             pipe = derive_pipeline(type(base), base, scheduler=build_scheduler(plan.sampler, base.scheduler.config))
             pipe.set_progress_bar_config(disable=True)
+            ip_kwargs = reference_kwargs(pipe, plan.reference_image, plan.second_image, request.reference_scale,
+                                         request.reference_split, request.width, request.height) if referenced else {}
             # 4. the prompts
             positive, negative = encode_pair(pipe, plan.prompt, plan.negative, request.clip_skip)
             size = request.batch_size
@@ -147,12 +154,13 @@ def generate(request: Sd15Request, hardware: Any, store: ModelStore, *, on_step:
                     prompt_embeds=positive, negative_prompt_embeds=negative, height=request.height,
                     width=request.width, num_inference_steps=request.steps, guidance_scale=request.cfg,
                     num_images_per_prompt=size, generator=_generators(batch_seeds), output_type="latent",
-                    callback_on_step_end=progress.callback(f"picture {batch * size + 1}/{count}"),
+                    callback_on_step_end=progress.callback(f"picture {batch * size + 1}/{count}"), **ip_kwargs,
                 ).images
                 progress.raise_if_cancelled(len(pictures))
                 # 6. the hires fix
                 if plan.hires:
-                    latents = _hires_pass(pipe, plan, latents, positive, negative, batch_seeds, hardware, progress)
+                    latents = _hires_pass(pipe, plan, latents, positive, negative, batch_seeds, hardware, progress,
+                                          ip_kwargs)
                     progress.raise_if_cancelled(len(pictures))
                 # 7. decode and save
                 images = _decode(pipe, latents, hardware)
@@ -174,12 +182,15 @@ def generate(request: Sd15Request, hardware: Any, store: ModelStore, *, on_step:
 
 
 def _hires_pass(pipe: Any, plan: Sd15Plan, latents: Any, positive: Any, negative: Any, seeds: list[int],
-                hardware: Any, progress: _Progress) -> Any:
+                hardware: Any, progress: _Progress, extra: dict[str, Any]) -> Any:
     """A1111's hires fix: the first pass upscaled, then denoised again from ``hires_strength``."""
     from diffusers import StableDiffusionImg2ImgPipeline
 
     r = plan.request
     width, height = plan.hires_size
+    if plan.second_image is not None:  # the halves' masks at the new size
+        extra = reference_kwargs(pipe, plan.reference_image, plan.second_image, r.reference_scale,
+                                 r.reference_split, width, height)
     img2img = derive_pipeline(StableDiffusionImg2ImgPipeline, pipe,
                               scheduler=build_scheduler(plan.sampler, pipe.scheduler.config))
     img2img.set_progress_bar_config(disable=True)
@@ -196,7 +207,7 @@ def _hires_pass(pipe: Any, plan: Sd15Plan, latents: Any, positive: Any, negative
     return img2img(
         prompt_embeds=positive, negative_prompt_embeds=negative, image=image, strength=r.hires_strength,
         num_inference_steps=r.hires_steps or r.steps, guidance_scale=r.cfg, generator=_generators(seeds),
-        output_type="latent", callback_on_step_end=progress.callback("hires fix"),
+        output_type="latent", callback_on_step_end=progress.callback("hires fix"), **extra,
     ).images
 
 
@@ -215,6 +226,10 @@ def _save(image: Any, path: Path, plan: Sd15Plan, seed: int, store: ModelStore) 
     extra: list[tuple[str, str]] = []
     if plan.hires:
         extra.append(("Hires upscaler", "Latent" if r.hires_upscaler == "latent" else "Lanczos"))
+    if plan.reference_image is not None:
+        extra += [("IP-Adapter", f"ip-adapter {r.reference_variant}"), ("IP-Adapter scale", f"{r.reference_scale:g}")]
+        if plan.second_image is not None:
+            extra.append(("IP-Adapter regions", r.reference_split))
     if plan.checkpoint.vae:
         extra.append(("VAE", Path(plan.checkpoint.vae).stem if single else plan.checkpoint.vae))
     extra.append(("Version", f"Inkframe {__version__}"))
@@ -228,7 +243,8 @@ def _save(image: Any, path: Path, plan: Sd15Plan, seed: int, store: ModelStore) 
     )
     again = dataclasses.replace(r, seed=seed, batch_count=1, batch_size=1, output=None, output_dir=None,
                                 preview_every=0)
-    request_fields = {k: (list(map(list, v)) if k == "loras" else list(v) if isinstance(v, tuple) else v)
+    request_fields = {k: (list(map(list, v)) if k == "loras" else list(v) if isinstance(v, tuple)
+                          else str(v) if isinstance(v, Path) else v)
                       for k, v in dataclasses.asdict(again).items()}
     inkframe = {
         "backend": "sd15", "studio_version": __version__, "request": request_fields, "sampler": plan.sampler,
