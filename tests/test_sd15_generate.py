@@ -19,7 +19,7 @@ from engines.settings import MachineSettings
 from engines.sd15.png_params import read_png_parameters
 from engines.sd15.request import Sd15Request
 from engines.sd15.txt2img import generate
-from tiny_models import save_tiny_embedding, save_tiny_ip_adapter, save_tiny_kohya_lora
+from tiny_models import save_tiny_embedding, save_tiny_ip_adapter, save_tiny_kohya_lora, save_tiny_vae
 
 BASE = "stable-diffusion-v1-5--stable-diffusion-v1-5"  # where a single file finds its base model's configs
 QUICK = dict(steps=2, cfg=2.0, width=64, height=64, sampler="DDIM", clip_skip=1, seed=5)
@@ -36,6 +36,7 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory, tiny_sd_dir: Path, tiny_s
     save_tiny_embedding(models / "embeddings" / "easyneg.safetensors", seed=2)
     save_tiny_embedding(models / "embeddings" / "oldstyle.pt", seed=3, vectors=1)
     save_tiny_ip_adapter(models / "h94--IP-Adapter", seed=4)
+    save_tiny_vae(models / "other-vae", seed=7)
     for name, colour in (("red.png", (220, 30, 40)), ("blue.png", (20, 40, 230))):
         Image.new("RGB", (48, 48), colour).save(data / name)
     Image.new("RGBA", (48, 48), (0, 0, 0, 0)).save(data / "clear.png")
@@ -128,6 +129,15 @@ def test_embeddings_apply_where_their_name_is_written(ctx, tmp_path: Path) -> No
     assert np.array_equal(pixels(make(ctx, tmp_path)), plain)
 
 
+def test_a_vae_override_decodes_the_same_latents_differently(ctx, tmp_path: Path) -> None:
+    plain = pixels(make(ctx, tmp_path))
+    other = make(ctx, tmp_path, vae="other-vae")
+    assert not np.array_equal(pixels(other), plain)
+    parameters, inkframe = read_png_parameters(other.pictures[0].path)
+    assert ("VAE", "other-vae") in parameters.extra and inkframe["request"]["vae"] == "other-vae"
+    assert np.array_equal(pixels(make(ctx, tmp_path)), plain)  # the checkpoint's own VAE is still pooled
+
+
 def test_single_file_checkpoint_matches_its_folder(ctx, tmp_path: Path) -> None:
     folder = pixels(make(ctx, tmp_path))
     single = pixels(make(ctx, tmp_path, model="tiny-anime-v2.safetensors"))
@@ -179,6 +189,9 @@ def test_a_character_reference_steers_the_picture_and_goes_away_after(ctx, data_
     assert ("IP-Adapter scale", "1") in parameters.extra and inkframe["request"]["reference"].endswith("red.png")
     hires = make(ctx, tmp_path, reference=data_dir / "red.png", hires_scale=1.5)
     assert Image.open(hires.pictures[0].path).size == (96, 96)
+    # The face variant (IP-Adapter Plus: a resampler over the encoder's hidden states) loads and steers too.
+    face = pixels(make(ctx, tmp_path, reference=data_dir / "red.png", reference_variant="face", reference_scale=1.0))
+    assert not np.array_equal(face, plain) and not np.array_equal(face, pixels(red))
 
 
 def test_two_references_in_halves_of_one_panel(ctx, data_dir: Path, tmp_path: Path) -> None:

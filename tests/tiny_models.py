@@ -437,4 +437,40 @@ def save_tiny_ip_adapter(folder: Path, seed: int = 0, scale: float = 1.0, unet=N
                 hidden, width, generator=generator) * scale / width**0.5
         key_id += 2
     save_file(state, str(folder / "models" / "ip-adapter_sd15.safetensors"))
+    # The "plus" (face) variant: a perceiver resampler over the encoder's hidden states, 16 tokens.
+    face = {k: v for k, v in state.items() if k.startswith("ip_adapter.")}
+    face.update(_plus_image_proj(config.hidden_size, width, generator))
+    save_file(face, str(folder / "models" / "ip-adapter-plus-face_sd15.safetensors"))
     return folder
+
+
+def _plus_image_proj(embed_dims: int, output_dims: int, generator, hidden_dims: int = 64, depth: int = 4) -> dict:
+    """IP-Adapter Plus's ``image_proj.*`` keys in the original layout: diffusers' resampler, renamed back."""
+    import torch
+    from diffusers.models.embeddings import IPAdapterPlusImageProjection
+
+    module = IPAdapterPlusImageProjection(embed_dims=embed_dims, output_dims=output_dims, hidden_dims=hidden_dims,
+                                          depth=depth, heads=hidden_dims // 64, num_queries=16)
+    state = {}
+    for key, value in module.state_dict().items():
+        value = torch.randn(value.shape, generator=generator) * 0.2 if value.dim() > 1 else value.clone()
+        parts = key.split(".")
+        if parts[0] != "layers":
+            state[key] = value
+            continue
+        layer, rest = parts[1], ".".join(parts[2:])
+        renames = {"ln0.": "0.norm1.", "ln1.": "0.norm2.", "attn.to_q.": "0.to_q.", "attn.to_out.0.": "0.to_out.",
+                   "ff.0.": "1.0.", "ff.1.net.0.proj.": "1.1.", "ff.1.net.2.": "1.3."}
+        if rest.startswith(("attn.to_k.", "attn.to_v.")):
+            half = "k" if rest.startswith("attn.to_k.") else "v"
+            state.setdefault(f"layers.{layer}.0.to_kv.{rest.rsplit('.', 1)[1]}", {})[half] = value
+            continue
+        for old, new in renames.items():
+            if rest.startswith(old):
+                rest = new + rest[len(old):]
+                break
+        state[f"layers.{layer}.{rest}"] = value
+    for key, halves in list(state.items()):
+        if isinstance(halves, dict):
+            state[key] = torch.cat([halves["k"], halves["v"]], dim=0)
+    return {f"image_proj.{k}": v.contiguous() for k, v in state.items()}

@@ -231,7 +231,8 @@ def _save(image: Any, path: Path, plan: Sd15Plan, seed: int, store: ModelStore) 
         if plan.second_image is not None:
             extra.append(("IP-Adapter regions", r.reference_split))
     if plan.checkpoint.vae:
-        extra.append(("VAE", Path(plan.checkpoint.vae).stem if single else plan.checkpoint.vae))
+        vae = plan.checkpoint.vae
+        extra.append(("VAE", Path(vae).stem if vae.lower().endswith((".safetensors", ".pt", ".ckpt")) else vae))
     extra.append(("Version", f"Inkframe {__version__}"))
     parameters = GenerationParameters(
         prompt=r.prompt, negative=r.negative, steps=r.steps, sampler=plan.sampler, cfg=float(r.cfg), seed=seed,
