@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import fields
-from html import escape
 from pathlib import Path
 from typing import Any, Optional
 
@@ -19,6 +18,7 @@ from engines.dataset.request import CollectRequest, NetworkSettings, QualityThre
 from engines.dataset.sources import DEFAULT_HF_DATASET, SOURCES
 from engines.errors import StudioError
 from engines.progress import CancelToken
+from studio.widgets import progress_gauge
 
 GALLERY_SIZE = 60
 GALLERY_EVERY_S = 2.0
@@ -77,14 +77,7 @@ def request_from_values(values: dict[str, Any]) -> CollectRequest:
 
 
 def progress_html(kept: int, target: int, message: str = "", state: str = "idle") -> str:
-    percent = max(0.0, min(100.0, 100.0 * kept / target)) if target else 0.0
-    return (
-        f'<div class="ink-gauge ink-gauge--ok" id="dataset-progress-bar" data-kept="{kept}" '
-        f'data-target="{target}" data-state="{escape(state)}"><div class="ink-gauge__label">'
-        f'<span>Kept</span><span>{kept} / {target} · {percent:.0f}%</span></div>'
-        f'<div class="ink-gauge__track"><div class="ink-gauge__fill" style="width:{percent:.1f}%"></div></div>'
-        f'<div class="ink-gauge__detail">{escape(message)}</div></div>'
-    )
+    return progress_gauge("dataset-progress-bar", "Kept", kept, target, message, state, kept=kept, target=target)
 
 
 def _open(out_dir: str):

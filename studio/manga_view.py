@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import fields
-from html import escape
 from pathlib import Path
 from typing import Any, Optional
 
 from engines.manga.panels import PANELS, PanelRequest
 from engines.sd15.library import Sd15Library
+from studio.widgets import progress_gauge
 
 HISTORY_LIMIT = 60
 RANDOM_SEED = -1
@@ -144,11 +144,4 @@ def request_from_values(values: dict[str, Any]) -> PanelRequest:
 
 
 def progress_html(step: int, total: int, message: str = "", state: str = "idle") -> str:
-    percent = max(0.0, min(100.0, 100.0 * step / total)) if total else 0.0
-    return (
-        f'<div class="ink-gauge ink-gauge--ok" id="manga-progress-bar" data-step="{step}" data-total="{total}" '
-        f'data-state="{escape(state)}"><div class="ink-gauge__label"><span>Steps</span>'
-        f'<span>{step} / {total} · {percent:.0f}%</span></div>'
-        f'<div class="ink-gauge__track"><div class="ink-gauge__fill" style="width:{percent:.1f}%"></div></div>'
-        f'<div class="ink-gauge__detail">{escape(message)}</div></div>'
-    )
+    return progress_gauge("manga-progress-bar", "Steps", step, total, message, state, step=step, total=total)

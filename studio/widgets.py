@@ -46,3 +46,16 @@ def gauge(label: str, used: Optional[float], total: Optional[float], detail: str
 
 def chip(text: str, kind: str = "") -> str:
     return f'<span class="ink-chip {escape(kind)}">{escape(text)}</span>'
+
+
+def progress_gauge(bar_id: str, label: str, done: int, of: int, message: str = "", state: str = "idle",
+                   **data: object) -> str:
+    """A job's progress bar, ``done`` of ``of``; ``data-state`` and the ``data`` attributes let tests read it."""
+    percent = max(0.0, min(100.0, 100.0 * done / of)) if of else 0.0
+    attributes = "".join(f' data-{escape(k)}="{escape(str(v))}"' for k, v in data.items())
+    return (
+        f'<div class="ink-gauge ink-gauge--ok" id="{escape(bar_id)}"{attributes} data-state="{escape(state)}">'
+        f'<div class="ink-gauge__label"><span>{escape(label)}</span><span>{done} / {of} · {percent:.0f}%</span>'
+        f'</div><div class="ink-gauge__track"><div class="ink-gauge__fill" style="width:{percent:.1f}%"></div></div>'
+        f'<div class="ink-gauge__detail">{escape(message)}</div></div>'
+    )
