@@ -104,8 +104,10 @@ def fields_from_png(path: str, paths: Any) -> dict[str, Any]:
         values["vae"] = request.get("vae") or ""
     elif (inkframe or {}).get("backend") == "origin":
         o = inkframe or {}
-        run = Path(str(o.get("model", ""))).parent.parent.name
-        values.update(model=run, prompt=o.get("prompt", ""), negative=o.get("negative", ""), steps=o.get("steps"),
+        checkpoint = Path(str(o.get("model", "")))
+        # The very checkpoint when it is still there (to make the picture again), else its run's newest.
+        model = str(checkpoint) if (checkpoint / "meta.json").is_file() else checkpoint.parent.parent.name
+        values.update(model=model, prompt=o.get("prompt", ""), negative=o.get("negative", ""), steps=o.get("steps"),
                       cfg=o.get("cfg"), seed=o.get("seed"), sampler=o.get("sampler"), width=o.get("base_width"),
                       height=o.get("base_height"), upscale=o.get("upscale"))
     else:

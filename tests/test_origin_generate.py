@@ -364,3 +364,27 @@ def test_guidance_rescale_matches_the_conditional_spread_and_is_recorded(run_dir
     used.clear()
     generate(request(run_dir, tmp_path / "r0.png", guidance_rescale=0.0), hardware)
     assert read_png_parameters(tmp_path / "r0.png")["guidance_rescale"] == 0.0 and set(used) == {0.0}
+
+
+def test_text_to_manga_panels_with_an_origin_model(run_dir: Path, tmp_path: Path, hardware) -> None:
+    """The tab's and /generate's engine call on an Origin run: seeds per picture, Origin's reference, a progress
+    bar over the whole batch, and the pictures in outputs/panels with settings the history reads back."""
+    from engines.context import EngineContext
+    from engines.manga.panels import PanelRequest, generate_panels
+    from engines.models import ModelStore
+    from studio.manga_view import fields_from_png
+
+    paths = hardware.settings.paths.ensure()
+    ctx = EngineContext(hardware.settings, hardware, ModelStore(paths.models, offline=True))
+    reference = tmp_path / "ref.png"
+    Image.new("RGB", (RES, RES), (200, 40, 40)).save(reference)
+    steps = []
+    request = PanelRequest(model=str(run_dir), prompt="manga girl", sampler="Euler a", steps=2, seed=21,
+                           batch_count=2, reference=str(reference))
+    result = generate_panels(request, ctx, on_step=lambda s, t, m="", p=None: steps.append((s, t)))
+    assert result.backend == "origin" and [seed for _, seed in result.pictures] == [21, 22]
+    assert all(path.is_relative_to(paths.outputs / "panels") for path, _ in result.pictures)
+    assert steps[-1] == (4, 4)
+    values = fields_from_png(str(result.pictures[1][0]), paths)
+    assert (values["model"], values["seed"], values["sampler"], values["prompt"]) == (
+        str(run_dir / "checkpoints" / "epoch-000001"), 22, "euler_a", "manga girl")
