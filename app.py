@@ -27,6 +27,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "collect": ("engines.dataset.cli", "collect a training dataset from image sites or a folder"),
     "train": ("engines.origin.training.cli", "train an Origin model on your dataset"),
     "generate": ("engines.manga.cli", "generate manga panels with an Origin model or an SD 1.5 checkpoint"),
+    "page": ("engines.manga.page_cli", "compose a manga page: layout, panels, speech bubbles, screentone"),
+    "chapter": ("engines.manga.chapter_cli", "put pages in order into one CBZ or PDF for comic readers"),
     "doctor": ("engines.doctor", "show the device, memory, versions, folders and installed models"),
 }
 

@@ -388,3 +388,28 @@ def test_text_to_manga_panels_with_an_origin_model(run_dir: Path, tmp_path: Path
     values = fields_from_png(str(result.pictures[1][0]), paths)
     assert (values["model"], values["seed"], values["sampler"], values["prompt"]) == (
         str(run_dir / "checkpoints" / "epoch-000001"), 22, "euler_a", "manga girl")
+
+
+def test_a_page_draws_its_panels_with_an_origin_model(run_dir: Path, tmp_path: Path, hardware) -> None:
+    """Pages with an Origin run: each prompt panel drawn at the model's own size with the page's reference and
+    its own seed, copied into the page's folder and cropped into its panel."""
+    from engines.context import EngineContext
+    from engines.manga.compose import compose_page
+    from engines.manga.page_fill import fill_panels
+    from engines.manga.page_model import PageSpec, PanelSpec
+    from engines.models import ModelStore
+
+    paths = hardware.settings.paths.ensure()
+    ctx = EngineContext(hardware.settings, hardware, ModelStore(paths.models, offline=True))
+    reference = tmp_path / "ref.png"
+    Image.new("RGB", (RES, RES), (200, 40, 40)).save(reference)
+    folder = paths.outputs / "pages" / "origin-page"
+    spec = PageSpec(name="origin-page", layout="1 1", dpi=72, model=str(run_dir), reference=str(reference),
+                    steps=2, sampler="ddim", panels=(PanelSpec(prompt="manga girl", seed=5), PanelSpec(prompt="a cat")))
+    filled = fill_panels(spec, folder, ctx)
+    assert filled.panels[0].seed == 5 and filled.panels[1].seed is not None
+    for panel in filled.panels:
+        with Image.open(folder / panel.image) as picture:
+            assert picture.size == (RES, RES)
+    composed = compose_page(filled, base_dir=folder)
+    assert composed.missing == () and composed.empty == ()
