@@ -15,6 +15,7 @@ from engines.progress import CancelToken
 from studio.manga_view import (RANDOM_SEED, SD_SAMPLERS, SIZE_PRESETS, embedding_names,
                                fields_from_png, history, lora_names, model_choices, parameters_text,
                                progress_html, request_from_values, with_lora, with_word)
+from studio import pages_section
 from studio.queue import GPU_QUEUE
 
 PREVIEW_EVERY = 2  # steps between live previews
@@ -158,6 +159,9 @@ def build(ctx) -> dict[str, Any]:
         session = gr.State(dict)
         selected = gr.State(None)
         gr.api(generate, api_name="generate", **GPU_QUEUE)
+        with gr.Accordion("Pages: compose panels into a manga page, letter it, export PNG, PDF or CBZ", open=False,
+                          elem_id="manga-pages"):
+            pages = pages_section.build(ctx, {"fields": f, "selected": selected})
 
     names = list(f)
 
@@ -246,7 +250,7 @@ def build(ctx) -> dict[str, Any]:
     dropped.upload(drop_handler, inputs=dropped, outputs=[*f.values(), size_preset, shown], **private)
     refresh_history.click(lambda: history(paths.outputs), outputs=history_gallery, queue=False, **private)
     return {"fields": f, "generate": generate, "generate_handler": generate_handler, "fill_from": fill_from,
-            "cancel": cancel_handler, "backend_hint": backend_hint}
+            "cancel": cancel_handler, "backend_hint": backend_hint, "selected": selected, "pages": pages}
 
 
 def _gallery_path(item: Any) -> Optional[str]:
