@@ -15,6 +15,7 @@ the most pleasant aspect (about square for vertical, wide for Latin) inside the 
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass
 from typing import Optional
@@ -116,12 +117,14 @@ def _break(units: list[_Unit], limit: float) -> list[list[_Unit]]:
     the characters around it move to the next line together (oidashi)."""
     lines: list[list[_Unit]] = []
     line: list[_Unit] = []
+    used = 0.0  # sum(u.advance for u in line), kept as it grows (the same additions, in the same order)
     for unit in units:
         if unit.kind == "space":
             if line:
                 line.append(unit)  # trailing spaces never count: _length trims them
+                used += unit.advance
             continue
-        if line and sum(u.advance for u in line) + unit.advance > limit:
+        if line and used + unit.advance > limit:
             carried = [unit]
             while len(line) > 1 and (carried[0].text[0] in NO_START or line[-1].text[-1] in NO_END):
                 carried.insert(0, line.pop())
@@ -129,8 +132,10 @@ def _break(units: list[_Unit], limit: float) -> list[list[_Unit]]:
             while carried and carried[0].kind == "space":
                 carried.pop(0)
             line = carried
+            used = sum(u.advance for u in line)
             continue
         line.append(unit)
+        used += unit.advance
     lines.append(_trim(line))
     return lines
 
@@ -150,14 +155,10 @@ def _wrap(paragraphs: list[list[_Unit]], limit: float) -> list[list[_Unit]]:
     return [line for units in paragraphs for line in _break(units, limit)]
 
 
-def _orphans(paragraphs: list[list[_Unit]], limit: float) -> int:
-    """Paragraphs whose last line is a short leftover (a lone "せ。"), which readers find clumsy."""
-    count = 0
-    for units in paragraphs:
-        lines = _break(units, limit)
-        if len(lines) > 1 and _length(lines[-1]) < 0.45 * limit:
-            count += 1
-    return count
+def _orphans(broken: list[list[list[_Unit]]], limit: float) -> int:
+    """Paragraphs (each already broken at ``limit``) whose last line is a short leftover (a lone
+    "せ。"), which readers find clumsy."""
+    return sum(1 for lines in broken if len(lines) > 1 and _length(lines[-1]) < 0.45 * limit)
 
 
 def _block_size(lines: list[list[_Unit]], em: int, vertical: bool) -> tuple[float, float]:
@@ -185,20 +186,40 @@ def fit_text(text: str, font: LetteringFont, *, vertical: bool, max_w: float, ma
     # Each line count gets its shortest wrap that keeps that count (balanced lines, no lone
     # last character); then the count whose block is closest to the wanted aspect wins.
     top = min(room, max(total, shortest))
-    limits = {len(_wrap(paragraphs, shortest + (top - shortest) * i / 24)): 0.0 for i in range(25)}
+    # A wrap only compares ``limit`` with sums of runs of consecutive units (a line is always such a
+    # run, summed from its start in order), so all limits between two neighbouring sums wrap alike:
+    # the searches below break the text once per such step instead of once per try.
+    sums: set[float] = set()
+    for units in paragraphs:
+        for start in range(len(units)):
+            run = 0.0
+            for unit in units[start:]:
+                run += unit.advance
+                sums.add(run)
+    steps = sorted(sums)
+    counted: dict[int, int] = {}
+
+    def line_count(limit: float) -> int:
+        step = bisect.bisect_right(steps, limit)
+        if step not in counted:
+            counted[step] = len(_wrap(paragraphs, limit))
+        return counted[step]
+
+    limits = {line_count(shortest + (top - shortest) * i / 24): 0.0 for i in range(25)}
     best: Optional[tuple[float, list[list[_Unit]]]] = None
     for count in sorted(limits):
         lo, hi = shortest, top
-        if len(_wrap(paragraphs, hi)) > count:
+        if line_count(hi) > count:
             continue
         for _ in range(14):
             mid = (lo + hi) / 2
-            lo, hi = (lo, mid) if len(_wrap(paragraphs, mid)) <= count else (mid, hi)
-        lines = _wrap(paragraphs, hi)
+            lo, hi = (lo, mid) if line_count(mid) <= count else (mid, hi)
+        broken = [_break(units, hi) for units in paragraphs]
+        lines = [line for paragraph in broken for line in paragraph]
         w, h = _block_size(lines, em, vertical)
         if w + 2 * font.stroke > max_w or h + 2 * font.stroke > max_h or w <= 0 or h <= 0:
             continue
-        score = abs(math.log((w / h) / aspect)) + 0.3 * _orphans(paragraphs, hi)
+        score = abs(math.log((w / h) / aspect)) + 0.3 * _orphans(broken, hi)
         if best is None or score < best[0] - 1e-9:
             best = (score, lines)
     return None if best is None else _place(best[1], font, vertical, align)

@@ -75,6 +75,18 @@ def _levels_table(black: int, white: int, contrast: float) -> list[int]:
     return [int(v) for v in np.round(curved * 255.0)]
 
 
+def _lineart_levels(grey: Image.Image, contrast: float) -> list[int]:
+    """The 256-entry table ``to_lineart_grey`` maps ``grey`` (mode L) through."""
+    if not 0.2 <= float(contrast) <= 4.0:
+        raise InvalidRequestError(f"Contrast {contrast} is out of range: use 0.2 to 4.")
+    histogram = grey.histogram()
+    black = min(_percentile(histogram, BLACK_PERCENTILE), MAX_BLACK_POINT)
+    white = max(_percentile(histogram, WHITE_PERCENTILE) - WHITE_MARGIN, MIN_WHITE_POINT)
+    if white - black < 32:  # a flat picture: a stretch would only amplify its noise
+        black, white = 0, 255
+    return _levels_table(black, white, contrast)
+
+
 def to_lineart_grey(image: Image.Image, contrast: float = 1.0) -> Image.Image:
     """Greyscale tuned for line art (mode L): luminance, slightly grey paper pushed to pure white,
     dark line tones to black, and an S curve whose strength is ``contrast`` (0.2 to 4)."""
@@ -83,12 +95,7 @@ def to_lineart_grey(image: Image.Image, contrast: float = 1.0) -> Image.Image:
     # Pillow's L is ITU-R 601 luma (0.299 R + 0.587 G + 0.114 B): a pure blue line stays dark
     # instead of turning mid-grey as a plain average would make it.
     grey = _as_grey(image)
-    histogram = grey.histogram()
-    black = min(_percentile(histogram, BLACK_PERCENTILE), MAX_BLACK_POINT)
-    white = max(_percentile(histogram, WHITE_PERCENTILE) - WHITE_MARGIN, MIN_WHITE_POINT)
-    if white - black < 32:  # a flat picture: a stretch would only amplify its noise
-        black, white = 0, 255
-    return grey.point(_levels_table(black, white, contrast))
+    return grey.point(_lineart_levels(grey, contrast))
 
 
 @functools.lru_cache(maxsize=1)
@@ -149,6 +156,13 @@ def _thresholds(cos: float, sin: float, cell_px: float) -> np.ndarray:
     return table
 
 
+def _check_screen(lpi: float, dpi: int) -> None:
+    if not 10.0 <= float(lpi) <= 200.0:
+        raise InvalidRequestError(f"Screentone at {lpi} lines per inch is out of range: use 10 to 200.")
+    if int(dpi) <= 0:
+        raise InvalidRequestError(f"A page needs a positive DPI, not {dpi}.")
+
+
 def screentone(grey: Image.Image, lpi: float, angle: float, dpi: int, *,
                offset: tuple[int, int] = (0, 0)) -> Image.Image:
     """An amplitude-modulated halftone of ``grey`` (mode L out, only 0 and 255): round dots on a
@@ -158,18 +172,60 @@ def screentone(grey: Image.Image, lpi: float, angle: float, dpi: int, *,
     ``offset`` is where the picture's top-left pixel sits on the page, so panels toned one by one
     share the page's screen. Below about 3 pixels per cell (``dpi / lpi``) there is no room to draw
     a dot and the screen behaves like an ordered dither."""
-    if not 10.0 <= float(lpi) <= 200.0:
-        raise InvalidRequestError(f"Screentone at {lpi} lines per inch is out of range: use 10 to 200.")
-    if int(dpi) <= 0:
-        raise InvalidRequestError(f"A page needs a positive DPI, not {dpi}.")
-    pixels = np.asarray(_as_grey(grey))
-    height, width = pixels.shape
+    _check_screen(lpi, dpi)
+    return _halftone(_as_grey(grey), lpi, angle, dpi, offset, None)
+
+
+BAND_PIXELS = 1 << 18  # pixels per band of rows: the band's index, thresholds and pixels stay in cache
+
+
+def _halftone(grey: Image.Image, lpi: float, angle: float, dpi: int, offset: tuple[int, int],
+              levels: list[int] | None) -> Image.Image:
+    """``screentone`` of ``grey`` (mode L), or of ``grey.point(levels)`` when ``levels`` is given.
+
+    A non-decreasing ``levels`` never needs its own pass over the picture: ``levels[g] >= t`` holds
+    exactly when ``g >= first[t]``, ``first[t]`` being the lowest grey that ``levels`` lifts to ``t``
+    or above, so the threshold table is mapped through ``first`` instead (65536 entries, not
+    millions of pixels). The page is then toned in bands of rows, each band's screen index, threshold
+    lookup and comparison done in small reused buffers that stay in the CPU cache."""
     cells_per_pixel = float(lpi) / float(dpi)
     radians = math.radians(float(angle))
     cos, sin = math.cos(radians) * cells_per_pixel, math.sin(radians) * cells_per_pixel
-    index = _cell_index(width, height, cos, sin, (int(offset[0]), int(offset[1])))
-    paper = np.greater_equal(pixels, _thresholds(cos, sin, 1.0 / cells_per_pixel)[index])
-    return Image.fromarray(paper.view(np.uint8) * np.uint8(255), "L")
+    table = _thresholds(cos, sin, 1.0 / cells_per_pixel)
+    if levels is not None:
+        curve = np.asarray(levels, dtype=np.int64)
+        if np.all(curve[1:] >= curve[:-1]) and curve[-1] == 255:
+            first = np.searchsorted(curve, np.arange(256), side="left").astype(np.uint8)
+            table = first[table]
+        else:  # never for the line-art curve, but stay exact for any other table
+            grey = grey.point(levels)
+    width, height = grey.size
+    out = np.empty((height, width), np.uint8)
+    if width == 0 or height == 0:
+        return Image.fromarray(out, "L")
+    x0, y0 = int(offset[0]), int(offset[1])
+    # u = x cos + y sin and v = y cos - x sin (see _cell_index): 1-D pieces, summed a band at a time
+    u_x, u_y = _screen_positions(width, cos, x0)[None, :], _screen_positions(height, sin, y0)[:, None]
+    v_y, v_x = _screen_positions(height, cos, y0)[:, None], _screen_positions(width, sin, x0)[None, :]
+    rows = max(1, min(height, BAND_PIXELS // width))
+    u, v = np.empty((rows, width), np.uint16), np.empty((rows, width), np.uint16)
+    limit = np.empty((rows, width), np.uint8)
+    high = np.uint16(((1 << CELL_TABLE_BITS) - 1) << (16 - CELL_TABLE_BITS))
+    for top in range(0, height, rows):
+        bottom = min(height, top + rows)
+        n = bottom - top
+        bu, bv, bl = u[:n], v[:n], limit[:n]
+        np.add(u_x, u_y[top:bottom], out=bu)
+        np.subtract(v_y[top:bottom], v_x, out=bv)
+        np.bitwise_and(bu, high, out=bu)  # the table index: high byte u, low byte v
+        np.right_shift(bv, 16 - CELL_TABLE_BITS, out=bv)
+        np.bitwise_or(bu, bv, out=bu)
+        np.take(table, bu, out=bl, mode="wrap")  # every index is in the table: no bounds check needed
+        pixels = np.frombuffer(grey.crop((0, top, width, bottom)).tobytes(), np.uint8).reshape(n, width)
+        band = out[top:bottom]
+        np.greater_equal(pixels, bl, out=band.view(np.bool_))
+        np.multiply(band, np.uint8(255), out=band)
+    return Image.fromarray(out, "L")
 
 
 def ink(grey: Image.Image, threshold: int) -> Image.Image:
@@ -187,9 +243,12 @@ def apply_tone(image: Image.Image, tone: Tone, dpi: int, *, offset: tuple[int, i
     check_tone(tone)
     if tone.mode == "none":
         return image
+    if tone.mode == "screentone":  # the line-art levels folded into the screen: one pass, not two
+        grey = _as_grey(image)
+        levels = _lineart_levels(grey, tone.contrast)
+        _check_screen(tone.lpi, dpi)
+        return _halftone(grey, tone.lpi, tone.angle, dpi, offset, levels)
     grey = to_lineart_grey(image, tone.contrast)
     if tone.mode == "grey":
         return grey
-    if tone.mode == "screentone":
-        return screentone(grey, tone.lpi, tone.angle, dpi, offset=offset)
     return ink(grey, tone.threshold)
