@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         composed = export_page(spec, folder, out, fonts=fonts)  # warm: fonts, layouts, the page cache
         page, text = composed.image, {PNG_KEY: page_to_json(spec)}
         digests, composed_times, write_times = set(), [], []
-        for _ in range(harness.repeats(args, 7, 2)):
+        for _ in range(harness.repeats(args, 15, 2)):
             seconds, result = harness.timed(lambda: export_page(spec, folder, out, fonts=fonts))
             composed_times.append(seconds)
             digests.add(hashlib.sha256(result.image.tobytes()).hexdigest())
