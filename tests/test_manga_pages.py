@@ -42,6 +42,23 @@ def _pictures(folder: Path, count: int, size: tuple[int, int] = (90, 120)) -> li
     return files
 
 
+def _huge_png(folder: Path, side: int = 20000) -> Path:
+    """A PNG whose header says side x side pixels but whose file is tiny: refused before decoding."""
+    import struct
+    import zlib
+
+    small = folder / "small.png"
+    Image.new("L", (8, 8)).save(small)
+    data = bytearray(small.read_bytes())
+    ihdr = data[12:29]  # the chunk type and its 13 bytes
+    ihdr[4:12] = struct.pack(">II", side, side)
+    data[12:29] = ihdr
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(ihdr)))
+    huge = folder / f"huge{side}.png"
+    huge.write_bytes(bytes(data))
+    return huge
+
+
 def _page(folder: Path, layout: str = "2x2", reading: str = "rtl", **changes) -> PageSpec:
     count = len(resolve_layout(layout).panels)
     panels = tuple(PanelSpec(image=str(p)) for p in _pictures(folder, count))
@@ -179,6 +196,14 @@ def test_cover_keeps_the_focus_point_and_contain_shows_everything() -> None:
     assert contained.getpixel((90, 50)) == (0, 0, 255)
 
 
+def test_a_picture_too_large_is_refused_before_decoding(tmp_path: Path) -> None:
+    from engines.manga.compose import open_picture
+
+    for side in (10000, 20000):  # over the studio's 80 MP; over Pillow's own bomb limit too
+        with pytest.raises(InvalidRequestError, match="too large for a panel picture"):
+            open_picture(_huge_png(tmp_path, side))
+
+
 def test_a_missing_picture_is_shown_as_missing_never_a_crash(tmp_path: Path) -> None:
     spec = _page(tmp_path, "2x2")
     Path(spec.panels[1].image).unlink()
@@ -288,12 +313,13 @@ def test_cli_page_and_chapter(tmp_path: Path) -> None:
     (["--layout", "1", "--bubble", "3:hi"], "panels 1 to 1"),
     (["--layout", "1", "--prompt", "a cat"], "Choose a model"),
     (["--layout", "1", "--output-format"], "unrecognized"),
+    (["--layout", "1", "--panel", "{huge}"], "too large for a panel picture"),
 ])
 def test_cli_refuses_bad_input_with_one_sentence(tmp_path: Path, args: list[str], words: str) -> None:
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"nope")
     good = _pictures(tmp_path, 1)[0]
-    args = [a.format(bad=bad, missing=tmp_path / "gone.png", good=good) for a in args]
+    args = [a.format(bad=bad, missing=tmp_path / "gone.png", good=good, huge=_huge_png(tmp_path)) for a in args]
     done = _app(tmp_path / "data", "page", *args, "--dpi", "72", "--output", str(tmp_path / "x.png"))
     assert done.returncode != 0 and words in done.stderr, done.stderr
     assert not (tmp_path / "x.png").exists()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -74,7 +75,10 @@ def open_picture(path: Path, mode: str = "RGB") -> Image.Image:
     sentence for a file that is not a usable image. One conversion at most: a panel is decoded
     on every redraw of the page, so copies here are paid many times."""
     try:
-        with Image.open(path) as picture:
+        with warnings.catch_warnings():  # Pillow warns of big headers; the size check below says it once
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            picture = Image.open(path)
+        with picture:
             if picture.width * picture.height > MAX_PICTURE_PIXELS:
                 raise InvalidRequestError(f"{path.name} is {picture.width}x{picture.height} pixels, too large for a "
                                           "panel picture: scale it below 80 megapixels.")
@@ -90,7 +94,10 @@ def open_picture(path: Path, mode: str = "RGB") -> Image.Image:
         raise
     except FileNotFoundError:
         raise InvalidRequestError(f"The panel picture {path} is not there.") from None
-    except (OSError, ValueError, Image.DecompressionBombError) as error:
+    except Image.DecompressionBombError:  # Pillow's own limit, checked before ours for giant headers
+        raise InvalidRequestError(f"{path.name} is too large for a panel picture: scale it below "
+                                  "80 megapixels.") from None
+    except (OSError, ValueError) as error:
         raise InvalidRequestError(f"{path.name} is not an image that can be opened ({error}).") from None
 
 
