@@ -11,6 +11,7 @@ Pages (Pillow and numpy; no GPU unless a panel is drawn from its prompt):
     fonts.py, lettering.py, bubbles.py   fonts (IPAexGothic and the system's), horizontal and vertical
                      text layout, the five bubble styles
     tone.py          greyscale for line art, screentone, ink
+    pictures.py      transparency flattened onto paper, for every picture the pages read
     project.py       pages on disk: outputs/pages/<name>/page.json and its pictures, saved atomically
     page_fill.py     panels drawn from their prompts through panels.generate_panels
     page_request.py  PageRequest -> make_page(): what `app.py page` and `/page` call

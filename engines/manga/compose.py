@@ -26,8 +26,8 @@ from PIL import Image, ImageDraw, ImageOps
 from engines.errors import InvalidRequestError
 from engines.manga.layouts import PageGeometry, PanelGeometry, page_geometry, resolve_layout
 from engines.manga.page_model import PageSpec, PanelSpec, Tone, check_bubble, check_tone
+from engines.manga.pictures import PAPER, on_paper
 
-PAPER = (255, 255, 255)
 MAX_PICTURE_PIXELS = 80_000_000  # a panel picture larger than this is refused rather than decoded
 
 
@@ -84,11 +84,7 @@ def open_picture(path: Path, mode: str = "RGB") -> Image.Image:
                                           "panel picture: scale it below 80 megapixels.")
             picture.load()
             ImageOps.exif_transpose(picture, in_place=True)
-            if picture.mode in ("RGBA", "LA", "P", "PA"):
-                rgba = picture.convert("RGBA")
-                flat = Image.new("RGB", rgba.size, PAPER)
-                flat.paste(rgba, mask=rgba.getchannel("A"))
-                return flat if mode == "RGB" else flat.convert(mode)
+            picture = on_paper(picture)
             return picture if picture.mode == mode else picture.convert(mode)
     except InvalidRequestError:
         raise
@@ -191,10 +187,11 @@ def compose_page(spec: PageSpec, *, base_dir: Optional[Path] = None, preview_dpi
     from engines.manga.fonts import FontBook
     from engines.manga.tone import apply_tone
 
-    check_page(spec)
+    geometry = check_page(spec)
     preview = preview_dpi is not None
     dpi = int(preview_dpi or spec.dpi)
-    geometry = geometry_of(spec, dpi)
+    if dpi != spec.dpi:
+        geometry = geometry_of(spec, dpi)
     mode = _page_mode(spec)
     page = Image.new(mode, (geometry.width, geometry.height), _colour(mode, 255))
     draw = ImageDraw.Draw(page)

@@ -25,6 +25,7 @@ from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 from engines.errors import InvalidRequestError
 from engines.files import atomic_write
+from engines.manga.pictures import has_alpha, on_paper
 
 # zlib level 3: on a B5 page at 300 DPI, level 6 (zlib's default) took 20 % longer on a grey or
 # colour page and over twice as long on a 1-bit toned one, for files only 2 to 6 % smaller;
@@ -57,8 +58,8 @@ def _inspect(path: Path) -> PageFile:
         raise InvalidRequestError(f"The page {str(path)!r} does not exist.")
     try:
         with Image.open(path) as image:
-            alpha = image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info
-            return PageFile(path, image.format or "", image.width, image.height, path.stat().st_size, alpha)
+            return PageFile(path, image.format or "", image.width, image.height, path.stat().st_size,
+                            has_alpha(image))
     except (UnidentifiedImageError, OSError) as error:
         raise InvalidRequestError(f"The page {str(path)!r} is not an image Inkframe can read.") from error
 
@@ -107,9 +108,8 @@ def _flattened(page: PageFile, out: Path) -> Path:
     (and refuses it at 16 bits): a viewer then shows its own background through the page and a
     printer flattens the transparency its own way. A page is paper, so it is made opaque here."""
     with Image.open(page.path) as image:
-        rgba = image.convert("RGBA")
+        flat = on_paper(image)
         dpi = image.info.get("dpi")
-    flat = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
     flat.save(out, format="PNG", compress_level=PNG_COMPRESS_LEVEL, **({"dpi": dpi} if dpi else {}))
     return out
 

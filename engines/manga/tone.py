@@ -30,6 +30,7 @@ from PIL import Image
 
 from engines.errors import InvalidRequestError
 from engines.manga.page_model import Tone, check_tone
+from engines.manga.pictures import on_paper
 
 # Darkness below this (lighter than ~95 % white) prints as paper, above 1 - this as solid ink:
 # a screen that puts single-pixel dots in the highlights looks dirty, and pin holes in the blacks
@@ -44,17 +45,8 @@ MAX_BLACK_POINT, MIN_WHITE_POINT = 60, 160
 DEFAULT_S_CURVE = 1.2  # contrast 1.0 is a gentle S curve: a little more bite than the levels alone
 
 
-def _flat_on_white(image: Image.Image) -> Image.Image:
-    """Transparent parts become paper, not black (what ``convert('L')`` would make of them)."""
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        paper = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(paper, rgba).convert("RGB")
-    return image
-
-
 def _as_grey(image: Image.Image) -> Image.Image:
-    image = _flat_on_white(image)
+    image = on_paper(image)  # transparent parts become paper, not the black convert("L") makes of them
     return image if image.mode == "L" else image.convert("L")
 
 
