@@ -95,8 +95,7 @@ def clicked_panel(composed: ComposedPage, x: float, y: float) -> Optional[tuple[
     number = composed.geometry.panel_at(x, y)
     if number is None:
         return None
-    left, top, right, bottom = composed.geometry.panels[number - 1].text_box
-    return number, _clamp((x - left) / max(1, right - left)), _clamp((y - top) / max(1, bottom - top))
+    return (number, *point_in_panel(composed, number, x, y))
 
 
 def clicked_bubble(composed: ComposedPage, x: float, y: float) -> Optional[int]:

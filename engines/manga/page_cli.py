@@ -16,9 +16,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from engines.manga.page_model import BUBBLE_STYLES, TONE_MODES
 from engines.settings import MachineSettings
 
-STYLES = ("speech", "thought", "shout", "whisper", "narration")  # page_model.BUBBLE_STYLES, kept light for --help
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,13 +32,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt", action="append", default=[], metavar="[N=]TEXT",
                         help="generate a panel from this prompt with --model; repeatable")
     parser.add_argument("--bubble", action="append", default=[], metavar='"N:TEXT[:style]"',
-                        help=f"lettering in panel N; style one of {', '.join(STYLES)} (default speech); repeatable")
+                        help=f"lettering in panel N; style one of {', '.join(BUBBLE_STYLES)} (default speech); repeatable")
     order = parser.add_mutually_exclusive_group()
     order.add_argument("--rtl", dest="reading", action="store_const", const="rtl", default=None,
                        help="right-to-left reading, as Japanese manga (the default)")
     order.add_argument("--ltr", dest="reading", action="store_const", const="ltr", help="left-to-right reading")
     parser.add_argument("--tone", nargs="?", const="screentone", default=None,
-                        choices=("none", "grey", "screentone", "ink"),
+                        choices=TONE_MODES,
                         help="the manga look over the whole page (--tone alone: screentone)")
     parser.add_argument("--lpi", type=float, default=None, help="screentone lines per inch (default 60)")
     parser.add_argument("--tone-angle", type=float, default=None, help="screentone angle in degrees (default 45)")

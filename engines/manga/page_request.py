@@ -75,9 +75,9 @@ def _numbered(values: tuple[str, ...], count: int, taken: set[int], what: str) -
     return placed
 
 
-def parse_bubble(text: str, reading: str, index: int) -> Bubble:
-    """ "N:TEXT[:style]" as a Bubble in the panel's first-read top corner (``index`` stacks a panel's
-    later bubbles below), its tail toward the panel's middle."""
+def parse_bubble(text: str, reading: str, placed: tuple[Bubble, ...] = ()) -> Bubble:
+    """ "N:TEXT[:style]" as a Bubble in the panel's first-read top corner, below the bubbles already
+    ``placed`` in that panel, its tail toward the panel's middle."""
     number, sep, rest = str(text).partition(":")
     if not sep or not number.strip().isdigit():
         raise InvalidRequestError(f'Write a bubble as "N:TEXT" or "N:TEXT:style", not {text!r}.')
@@ -88,7 +88,7 @@ def parse_bubble(text: str, reading: str, index: int) -> Bubble:
         raise InvalidRequestError(f"The bubble {text!r} has no text.")
     style = style.strip().lower()
     x = 0.72 if reading == "rtl" else 0.28
-    y = min(0.2 + 0.25 * index, 0.8)
+    y = min(0.2 + 0.25 * sum(b.panel == int(number) for b in placed), 0.8)
     tail = (None, None) if style == "narration" else (0.5, min(0.95, y + 0.3))
     return Bubble(panel=int(number), text=body.replace("\\n", "\n"), x=x, y=y, style=style,
                   tail_x=tail[0], tail_y=tail[1])
@@ -126,11 +126,10 @@ def build_page(request: PageRequest, outputs: Path) -> tuple[PageSpec, Path]:
         spec = with_panel(spec, number, prompt=prompt, image="", seed=None if r.seed is None else r.seed + i)
     if r.fit is not None:
         spec = replace(spec, panels=tuple(replace(p, fit=r.fit) for p in spec.panels))
-    bubbles = list(spec.bubbles)
+    bubbles = spec.bubbles
     for text in r.bubbles:
-        first = parse_bubble(text, spec.reading, 0)
-        bubbles.append(parse_bubble(text, spec.reading, sum(b.panel == first.panel for b in bubbles)))
-    spec = replace(spec, bubbles=tuple(bubbles))
+        bubbles += (parse_bubble(text, spec.reading, bubbles),)
+    spec = replace(spec, bubbles=bubbles)
     check_page(spec)
     return spec, folder
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import re
 import shutil
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -101,21 +100,6 @@ def import_picture(folder: Path, number: int, source: Path) -> str:
     if source.resolve() != target.resolve():
         atomic_write(target, lambda tmp: shutil.copyfile(source, tmp))
     return target.name
-
-
-def relative_to_folder(spec: PageSpec, folder: Path) -> PageSpec:
-    """Panel paths inside the folder written relative to it, so the folder can move."""
-    folder = Path(folder).resolve()
-    panels = []
-    for panel in spec.panels:
-        image = panel.image
-        if image:
-            try:
-                image = Path(image).resolve().relative_to(folder).as_posix()
-            except ValueError:
-                pass
-        panels.append(replace(panel, image=image))
-    return replace(spec, panels=tuple(panels))
 
 
 def export_name(folder: Path, spec: PageSpec, suffix: str = ".png") -> Path:
