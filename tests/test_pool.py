@@ -157,6 +157,33 @@ def test_model_in_use_is_not_evicted_and_too_big_is_refused(tmp_path, store, tin
         register_from_disk(small, store, "big", tiny_sd_dir)
 
 
+def test_a_model_is_placed_around_what_a_running_job_holds(tmp_path):
+    """A job's ControlNets are activated before its checkpoint: the checkpoint's placement is planned for
+    the budget left beside them, not the whole budget (which would pick "whole" and then find no room)."""
+    import torch
+
+    from engines.hardware.placement import PlacementPlan, Placement
+
+    net, base = torch.nn.Linear(64, 64), torch.nn.Linear(128, 128)
+    hw = make_hw(tmp_path, device_budget=10 * 2**20, host_budget=2**30)
+    budgets: list[int] = []
+
+    def plan_for(sizes, budget):
+        budgets.append(budget)
+        return PlacementPlan(Placement.WHOLE, sum(sizes.values()))
+
+    hw.pool.add("controlnet", net, plan_for=plan_for, activate=False)
+    hw.pool.add("base", base, plan_for=plan_for, activate=False)
+    with hw.use("controlnet"):
+        with hw.use("base"):
+            pass
+    assert budgets == [10 * 2**20, 10 * 2**20 - module_bytes(net)]
+    hw.pool.offload("base")
+    with hw.use("base"):  # nothing else in use now: the whole budget again
+        pass
+    assert budgets[-1] == 10 * 2**20
+
+
 def test_offload_button_and_unload_all(tmp_path, store, tiny_sd_dir):
     hw = make_hw(tmp_path, device_budget=2**30, host_budget=2**30)
     register_from_disk(hw, store, "a", tiny_sd_dir)

@@ -229,7 +229,9 @@ class ModelPool:
             entry.last_used = time.monotonic()
             if entry.tier == DEVICE:
                 return entry.obj
-            plan = entry.plan_for(dict(entry.sizes), self.device_budget)
+            # Placed around what running jobs hold (a job's ControlNets activated before its checkpoint):
+            # a plan for the whole budget would choose "whole" and then find no room beside them.
+            plan = entry.plan_for(dict(entry.sizes), max(0, self.device_budget - self._pinned_bytes(entry)))
             needed = self._needed_on_device(entry, plan)
             if needed > self.device_budget:
                 raise OutOfMemoryError(
@@ -254,6 +256,15 @@ class ModelPool:
         # A file deleted and not yet written back is a replacement in progress: the loaded copy is
         # whole, so keep it and look again next time.
         return not set(now.missing) - set(entry.stamp.missing)
+
+    def _pinned_bytes(self, entry: PoolEntry) -> int:
+        """Device bytes held by other entries in use, not counting components shared with ``entry``."""
+        mine = set(entry.module_ids.values())
+        busy = [e for e in self._entries.values() if e is not entry and e.tier == DEVICE and e.in_use]
+        whole = {mid for e in busy if e.plan is None or e.plan.placement == Placement.WHOLE
+                 for mid in e.module_ids.values()} - mine
+        offloaded = sum(e.device_footprint for e in busy if e.plan and e.plan.placement != Placement.WHOLE)
+        return sum(self._sizes[mid] for mid in whole) + offloaded
 
     def _needed_on_device(self, entry: PoolEntry, plan: PlacementPlan) -> int:
         if plan.placement != Placement.WHOLE:
