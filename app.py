@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("engines.manga.cli", "generate manga panels with an Origin model or an SD 1.5 checkpoint"),
     "page": ("engines.manga.page_cli", "compose a manga page: layout, panels, speech bubbles, screentone"),
     "chapter": ("engines.manga.chapter_cli", "put pages in order into one CBZ or PDF for comic readers"),
+    "live-action": ("engines.live_action.cli", "make a drawn character photoreal, keeping its pose and colours"),
     "doctor": ("engines.doctor", "show the device, memory, versions, folders and installed models"),
 }
 

@@ -210,6 +210,14 @@ class HardwareManager:
 
         return self.pool.add(name, obj, loader=loader, plan_for=plan_for, activate=activate, files=files)
 
+    def register_once(self, name: str, loader: Callable[[], Any], *, policy: MemoryPolicy = MemoryPolicy(),
+                      files: Iterable[Union[Path, str]] = ()) -> str:
+        """Load and register ``name`` through ``loader`` unless it is registered already (not activated);
+        returns ``name``. The loader stays with the pool, which calls it again after an eviction."""
+        if not self.is_registered(name):
+            self.register(name, loader(), loader=loader, policy=policy, activate=False, files=files)
+        return name
+
     def is_registered(self, name: str) -> bool:
         """Whether ``hw.use(name)`` can give the model (loaded now, or reloadable through its loader)."""
         return self.pool.registered(name)
