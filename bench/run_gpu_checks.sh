@@ -3,17 +3,18 @@
 # artist's PC): the gpu-marked tests, then the GPU benchmarks in fp16 under --vram-limit 6, the
 # smallest card the studio is built for. Steps run most valuable first and share one deadline, so
 # a slow machine still reports the first ones.
-#   bench/run_gpu_checks.sh [OUT_DIR] [SECONDS] [GROUPS]   (defaults: bench/results/gpu, 540, "tests sd15 latent foundation learns")
+#   bench/run_gpu_checks.sh [OUT_DIR] [SECONDS] [GROUPS]   (defaults: bench/results/gpu, 540, "tests sd15 live latent foundation learns")
 # GROUPS: tests (the gpu-marked tests, with a latent training run at 512 px whose steps/s and peak VRAM
 # go to OUT_DIR/latent_512.json), sd15 (the SD 1.5 engine at 512x768 under --vram-limit 4 and
-# unconstrained), latent (the 512 px latent step vs the 64 px pixel step), foundation (the pool/pipeline benchmarks), learns (Origin's learns-benchmark at 64 px, one variant per step).
+# unconstrained), live (Live-Action: SD 1.5-sized UNet + two ControlNets at 512x768, 30 steps, unconstrained and
+# under --vram-limit 6 and 4), latent (the 512 px latent step vs the 64 px pixel step), foundation (the pool/pipeline benchmarks), learns (Origin's learns-benchmark at 64 px, one variant per step).
 # Writes OUT_DIR/checks.log (everything, RATIO lines at the end) and one JSON per benchmark.
 set -uo pipefail
 cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.."
 
 out="${1:-bench/results/gpu}"
 deadline=$((SECONDS + ${2:-540}))
-groups=" ${3:-tests sd15 latent foundation learns} "
+groups=" ${3:-tests sd15 live latent foundation learns} "
 py="${PYTHON:-python3}"
 log="$out/checks.log"
 mkdir -p "$out"
@@ -69,6 +70,16 @@ if [[ $groups == *" sd15 "* ]]; then
         --vram-limit 70 --precision fp16 --repeats 2 --json "$out/bench_sd15_unconstrained.json"
     step sd15_reference 150 "$py" bench/bench_sd15_reference.py --device cuda --size sd15 --vram-limit 6 \
         --precision fp16 --quick --json "$out/bench_sd15_reference.json"
+fi
+if [[ $groups == *" live "* ]]; then
+    # Live-Action: an SD 1.5-sized random-weight checkpoint and two SD 1.5-sized ControlNets at 512x768, 30 steps
+    # at strength 0.65, fp16: seconds per picture and peak VRAM unconstrained, on a 6 GB and on a 4 GB budget.
+    for limit in 70 6 4; do
+        step "live_action_vram$limit" 170 "$py" bench/bench_live_action.py --device cuda --size sd15 --picture 512x768 \
+            --vram-limit "$limit" --precision fp16 --repeats 1 --json "$out/bench_live_action_vram$limit.json"
+    done
+    step live_action_swap 120 "$py" bench/bench_live_action_swap.py --device cuda --size sd15 --vram-limit 6 \
+        --precision fp16 --quick --json "$out/bench_live_action_swap.json"
 fi
 
 echo "== summary" | tee -a "$log"

@@ -126,3 +126,31 @@ def folder_bytes(folder: Path) -> int:
 
 def parameter_count(pipe: Any) -> int:
     return sum(p.numel() for m in pipe.components.values() if hasattr(m, "parameters") for p in m.parameters())
+
+
+def build_controlnet(pipe: Any, seed: int = 0) -> Any:
+    """A seeded random-weight ControlNet for ``pipe``'s UNet (SD 1.5's ControlNet shapes for ``sd15``).
+
+    ``from_unet`` copies the UNet's encoder and zeroes the convolutions that feed the UNet, which makes
+    a fresh ControlNet change nothing; they get small random weights here so the control picture
+    really steers the result, as a trained one does.
+    """
+    import torch
+    from diffusers import ControlNetModel
+
+    halvings = int(pipe.vae_scale_factor).bit_length() - 1  # the control picture is brought to latent size
+    net = ControlNetModel.from_unet(pipe.unet, conditioning_embedding_out_channels=(16, 32, 96, 256)[:halvings + 1])
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in [*net.controlnet_down_blocks, net.controlnet_mid_block, net.controlnet_cond_embedding.conv_out]:
+            for parameter in module.parameters():
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.02)
+    return net.eval()
+
+
+def save_controlnet(pipe: Any, folder: Path, dtype: Any = None, seed: int = 0) -> Path:
+    net = build_controlnet(pipe, seed)
+    if dtype is not None:
+        net.to(dtype=dtype)
+    net.save_pretrained(Path(folder), safe_serialization=True)
+    return Path(folder)
