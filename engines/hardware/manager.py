@@ -233,8 +233,12 @@ class HardwareManager:
         return self.pool.unload_all()
 
     def decode_latents(self, vae: Any, latents: Any) -> Any:
-        """VAE decode with the tiled out-of-memory retry."""
-        return decode_with_tiled_retry(vae, latents, empty_cache=self.free_cached_memory)
+        """VAE decode with the tiled out-of-memory retry, for pictures: no autograd graph is kept (the VAE's
+        weights require gradients as loaded, and a graph would hold every activation of the decode)."""
+        import torch
+
+        with torch.no_grad():
+            return decode_with_tiled_retry(vae, latents, empty_cache=self.free_cached_memory)
 
     def free_cached_memory(self) -> None:
         gc.collect()
