@@ -189,7 +189,7 @@ def build(ctx, manga: Optional[dict[str, Any]] = None) -> dict[str, Any]:
                     result = gr.Image(label="Result", type="filepath", interactive=False, height=340,
                                       format="png", elem_id="live-result")
                 maps = gr.Gallery(label="Control maps the studio used", columns=3, height=260, object_fit="contain",
-                                  elem_id="live-maps")
+                                  interactive=False, elem_id="live-maps")
                 with gr.Accordion("Realism report", open=True, elem_id="live-report"):
                     details = gr.Dataframe(headers=REPORT_HEADERS, value=[], interactive=False, wrap=True,
                                            column_widths=["34%", "66%"], max_height=560,
@@ -198,7 +198,7 @@ def build(ctx, manga: Optional[dict[str, Any]] = None) -> dict[str, Any]:
                         report_json = gr.JSON(label="Report", elem_id="live-report-json")
                 with gr.Accordion("History (newest first; click one to see its report)", open=True):
                     history_gallery = gr.Gallery(value=history(paths.outputs), label="History", show_label=False,
-                                                 columns=6, height=240, allow_preview=False,
+                                                 columns=6, height=240, allow_preview=False, interactive=False,
                                                  elem_id="live-history")
                     with gr.Row():
                         reuse = gr.Button("Use these settings", size="sm", elem_id="live-reuse")

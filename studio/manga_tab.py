@@ -149,7 +149,7 @@ def build(ctx) -> dict[str, Any]:
                                    elem_id="manga-parameters")
                 with gr.Accordion("History (newest first; click one, then Use these settings)", open=True):
                     history_gallery = gr.Gallery(value=history(paths.outputs), columns=6, height=260,
-                                                 allow_preview=False, elem_id="manga-history")
+                                                 allow_preview=False, interactive=False, elem_id="manga-history")
                     with gr.Row():
                         reuse = gr.Button("Use these settings", size="sm", elem_id="manga-reuse")
                         refresh_history = gr.Button("Refresh", size="sm", elem_id="manga-refresh-history")
