@@ -42,7 +42,7 @@ step() {  # step NAME MAX_SECONDS COMMAND...: run with the smaller of MAX_SECOND
 } 2>&1 | tee -a "$log"
 
 if [[ $groups == *" tests "* ]]; then
-    step pytest_gpu 240 "$py" -m pytest -m gpu -q -s -p no:cacheprovider tests/test_gpu_placement.py tests/test_gpu_origin.py
+    step pytest_gpu 240 "$py" -m pytest -m gpu -q -s -p no:cacheprovider tests/test_gpu_placement.py tests/test_gpu_origin.py tests/test_gpu_live_action.py
 fi
 if [[ $groups == *" latent "* ]]; then
     step bench_origin_latent 150 "$py" bench/bench_origin_latent.py --device cuda --json "$out/bench_origin_latent.json"
