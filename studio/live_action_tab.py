@@ -14,10 +14,11 @@ from typing import Any, Optional
 from engines.errors import StudioError
 from engines.live_action.request import COLOUR_MODES, DEFAULT_CONTROLNET_CANNY, LiveActionRequest
 from engines.progress import CancelToken
-from studio.live_action_view import (RANDOM_SEED, SAMPLER_NAMES, batch_rows, endpoint_result, gallery_path, history,
+from studio.live_action_view import (RANDOM_SEED, SAMPLER_NAMES, batch_rows, endpoint_result, history,
                                      history_file, model_choices, progress_html, read_report, request_from_values,
                                      shown_result, summary_html, values_from_report)
 from studio.queue import GPU_QUEUE
+from studio.widgets import gallery_path
 
 PREVIEW_EVERY = 2  # steps between live previews
 JOB = "live-action"

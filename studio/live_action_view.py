@@ -215,19 +215,6 @@ def batch_rows(result: Any) -> list[list[str]]:
     return sorted(rows, key=lambda row: row[0].lower())
 
 
-def gallery_path(item: Any) -> Optional[str]:
-    """A gallery value's file: gradio 6 gives (file, caption) pairs or dicts with an image's path."""
-    if item is None:
-        return None
-    if isinstance(item, (list, tuple)):
-        item = item[0]
-    if isinstance(item, dict):
-        image = item.get("image", item)
-        item = image.get("path") if isinstance(image, dict) else image
-    path = getattr(item, "path", item)
-    return str(path) if path and Path(str(path)).is_file() else None
-
-
 def progress_html(step: int, total: int, message: str = "", state: str = "idle",
                   bar_id: str = "live-progress-bar") -> str:
     return progress_gauge(bar_id, "Steps", step, total, message, state, step=step, total=total)

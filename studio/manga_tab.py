@@ -7,7 +7,6 @@ parameters, the request's field names); the button's own event is private UI plu
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Optional
 
 from engines.errors import StudioError
@@ -17,6 +16,7 @@ from studio.manga_view import (RANDOM_SEED, SD_SAMPLERS, SIZE_PRESETS, embedding
                                progress_html, request_from_values, with_lora, with_word)
 from studio import pages_section
 from studio.queue import GPU_QUEUE
+from studio.widgets import gallery_path
 
 PREVIEW_EVERY = 2  # steps between live previews
 ORIGIN_SAMPLERS = ("ddim", "dpm++", "euler_a", "ddpm")
@@ -204,7 +204,7 @@ def build(ctx) -> dict[str, Any]:
     def select_handler(items: Any, event: gr.SelectData):
         index = event.index if isinstance(event.index, int) else (event.index or [0])[0]
         item = items[index] if items and 0 <= index < len(items) else None
-        path = _gallery_path(item)
+        path = gallery_path(item)
         return path, parameters_text(path) if path else ""
 
     select_handler.__annotations__["event"] = gr.SelectData  # gradio reads the event type from the annotation
@@ -251,16 +251,3 @@ def build(ctx) -> dict[str, Any]:
     refresh_history.click(lambda: history(paths.outputs), outputs=history_gallery, queue=False, **private)
     return {"fields": f, "generate": generate, "generate_handler": generate_handler, "fill_from": fill_from,
             "cancel": cancel_handler, "backend_hint": backend_hint, "selected": selected, "pages": pages}
-
-
-def _gallery_path(item: Any) -> Optional[str]:
-    """A gallery value's file: gradio 6 gives (file, caption) pairs or dicts with an image's path."""
-    if item is None:
-        return None
-    if isinstance(item, (list, tuple)):
-        item = item[0]
-    if isinstance(item, dict):
-        image = item.get("image", item)
-        item = image.get("path") if isinstance(image, dict) else image
-    path = getattr(item, "path", item)
-    return str(path) if path and Path(str(path)).is_file() else None

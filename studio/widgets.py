@@ -1,9 +1,10 @@
-"""Small HTML renderers shared by the header and the System tab (escaped, no scripts)."""
+"""Small helpers shared by the tabs: HTML renderers (escaped, no scripts) and reading gallery values."""
 
 from __future__ import annotations
 
 from html import escape
-from typing import Optional
+from pathlib import Path
+from typing import Any, Optional
 
 GB = 2**30
 
@@ -59,3 +60,16 @@ def progress_gauge(bar_id: str, label: str, done: int, of: int, message: str = "
         f'</div><div class="ink-gauge__track"><div class="ink-gauge__fill" style="width:{percent:.1f}%"></div></div>'
         f'<div class="ink-gauge__detail">{escape(message)}</div></div>'
     )
+
+
+def gallery_path(item: Any) -> Optional[str]:
+    """A gallery value's file: gradio 6 gives (file, caption) pairs or dicts with an image's path."""
+    if item is None:
+        return None
+    if isinstance(item, (list, tuple)):
+        item = item[0]
+    if isinstance(item, dict):
+        image = item.get("image", item)
+        item = image.get("path") if isinstance(image, dict) else image
+    path = getattr(item, "path", item)
+    return str(path) if path and Path(str(path)).is_file() else None
