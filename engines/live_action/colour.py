@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-COLOUR_MODES = ("off", "mean-std", "histogram")
+from engines.live_action.request import COLOUR_MODES
 
 # sRGB primaries to CIE XYZ, D65 (IEC 61966-2-1). The white point is taken as the rows' sums, so sRGB
 # white lands exactly on a* = b* = 0 instead of 0.002 off through rounding of the published constants.

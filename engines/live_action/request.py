@@ -12,12 +12,12 @@ CFG 7, clip skip 1 (photoreal checkpoints are trained on the text encoder's last
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 from engines.errors import InvalidRequestError
+from engines.sd15.request import check_number, check_whole
 
 DEFAULT_BASE_MODEL = "SG161222/Realistic_Vision_V5.1_noVAE"
 DEFAULT_VAE = "stabilityai/sd-vae-ft-mse"
@@ -96,41 +96,30 @@ class LiveActionPlan:
         return tuple(nets)
 
 
-def _number(name: str, value: object, low: float, high: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not (
-            low <= value <= high):
-        raise InvalidRequestError(f"{name} must be from {low:g} to {high:g}, not {value}.")
-
-
-def _whole(name: str, value: object, low: int, high: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise InvalidRequestError(f"{name} must be a whole number from {low} to {high}, not {value}.")
-
-
 def _check_numbers(r: LiveActionRequest) -> None:
-    _number("The strength", r.strength, 0.01, 1.0)
-    _whole("Steps", r.steps, 1, MAX_STEPS)
+    check_number("The strength", r.strength, 0.01, 1.0)
+    check_whole("Steps", r.steps, 1, MAX_STEPS)
     if int(r.steps * r.strength) < 1:
         raise InvalidRequestError(f"{r.steps} steps at strength {r.strength:g} leave no step to take; "
                                   "raise the steps or the strength.")
     for kind in ("depth", "pose", "canny"):
-        _number(f"The {kind} ControlNet's scale", getattr(r, f"{kind}_scale"), 0.0, 2.0)
+        check_number(f"The {kind} ControlNet's scale", getattr(r, f"{kind}_scale"), 0.0, 2.0)
         start, end = getattr(r, f"{kind}_start"), getattr(r, f"{kind}_end")
-        _number(f"The {kind} ControlNet's start", start, 0.0, 1.0)
-        _number(f"The {kind} ControlNet's end", end, 0.0, 1.0)
+        check_number(f"The {kind} ControlNet's start", start, 0.0, 1.0)
+        check_number(f"The {kind} ControlNet's end", end, 0.0, 1.0)
         if start >= end:
             raise InvalidRequestError(f"The {kind} ControlNet must start before it ends, not {start:g} to {end:g}.")
     if r.colour_transfer not in COLOUR_MODES:
         raise InvalidRequestError(f"Colour transfer must be one of {', '.join(COLOUR_MODES)}, "
                                   f"not '{r.colour_transfer}'.")
-    _number("The colour transfer strength", r.colour_strength, 0.0, 1.0)
-    _number("The identity scale", r.identity_scale, 0.0, 1.5)
-    _whole("The long side", r.long_side, 64, MAX_LONG_SIDE)
+    check_number("The colour transfer strength", r.colour_strength, 0.0, 1.0)
+    check_number("The identity scale", r.identity_scale, 0.0, 1.5)
+    check_whole("The long side", r.long_side, 64, MAX_LONG_SIDE)
     if bool(r.width) != bool(r.height):
         raise InvalidRequestError("Give both the width and the height, or neither (then the long side decides).")
     if r.width:
         for name, value in (("width", r.width), ("height", r.height)):
-            _whole(f"The {name}", value, 64, MAX_LONG_SIDE)
+            check_whole(f"The {name}", value, 64, MAX_LONG_SIDE)
             if value % 8:
                 raise InvalidRequestError(f"The {name} must be a multiple of 8 (SD draws in 8-pixel cells), "
                                           f"not {value}.")

@@ -97,12 +97,14 @@ def _multiple_of_8(value: float) -> int:
     return max(8, int(round(value / 8)) * 8)
 
 
-def _whole(name: str, value: object, low: int, high: int) -> None:
+def check_whole(name: str, value: object, low: int, high: int) -> None:
+    """One sentence unless ``value`` is an int (not a bool) from ``low`` to ``high``."""
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise InvalidRequestError(f"{name} must be a whole number from {low} to {high}, not {value}.")
 
 
-def _number(name: str, value: object, low: float, high: float) -> None:
+def check_number(name: str, value: object, low: float, high: float) -> None:
+    """One sentence unless ``value`` is a finite number (not a bool) from ``low`` to ``high``."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not (
         low <= value <= high
     ):
@@ -115,23 +117,23 @@ def check(request: Sd15Request, library: Sd15Library) -> Sd15Plan:
     if not str(r.model or "").strip():
         raise InvalidRequestError("Choose a checkpoint: a Hugging Face id, a diffusers folder or a .safetensors file.")
     sampler = sampler_name(r.sampler)
-    _whole("Steps", r.steps, 1, MAX_STEPS)
-    _number("The CFG scale", r.cfg, 0.0, MAX_CFG)
+    check_whole("Steps", r.steps, 1, MAX_STEPS)
+    check_number("The CFG scale", r.cfg, 0.0, MAX_CFG)
     for name, value in (("width", r.width), ("height", r.height)):
-        _whole(f"The {name}", value, MIN_SIDE, MAX_SIDE)
+        check_whole(f"The {name}", value, MIN_SIDE, MAX_SIDE)
         if value % 8:
             raise InvalidRequestError(f"The {name} must be a multiple of 8 (SD draws in 8-pixel cells), not {value}.")
     if r.seed is not None:
-        _whole("The seed", r.seed, 0, 2**32 - 1)
-    _whole("The batch count", r.batch_count, 1, MAX_IMAGES)
-    _whole("The batch size", r.batch_size, 1, 16)
+        check_whole("The seed", r.seed, 0, 2**32 - 1)
+    check_whole("The batch count", r.batch_count, 1, MAX_IMAGES)
+    check_whole("The batch size", r.batch_size, 1, 16)
     if r.batch_count * r.batch_size > MAX_IMAGES:
         raise InvalidRequestError(f"One job makes at most {MAX_IMAGES} pictures, not "
                                   f"{r.batch_count} x {r.batch_size}; lower the batch count.")
-    _whole("Clip skip", r.clip_skip, 1, MAX_CLIP_SKIP)
-    _number("The hires fix scale", r.hires_scale, 1.0, 4.0)
-    _number("The hires fix strength", r.hires_strength, 0.0, 1.0)
-    _whole("The hires fix steps", r.hires_steps, 0, MAX_STEPS)
+    check_whole("Clip skip", r.clip_skip, 1, MAX_CLIP_SKIP)
+    check_number("The hires fix scale", r.hires_scale, 1.0, 4.0)
+    check_number("The hires fix strength", r.hires_strength, 0.0, 1.0)
+    check_whole("The hires fix steps", r.hires_steps, 0, MAX_STEPS)
     if r.hires_upscaler not in HIRES_UPSCALERS:
         raise InvalidRequestError(f"The hires fix upscaler must be one of {', '.join(HIRES_UPSCALERS)}, "
                                   f"not '{r.hires_upscaler}'.")
@@ -149,7 +151,7 @@ def check(request: Sd15Request, library: Sd15Library) -> Sd15Plan:
         raise InvalidRequestError(f"In the negative prompt: {error}") from None
     loras: dict[str, LoraUse] = {}
     for name, weight in r.loras:
-        _number(f"The weight of LoRA '{name}'", weight, -5.0, 5.0)
+        check_number(f"The weight of LoRA '{name}'", weight, -5.0, 5.0)
         file = library.lora(name)
         loras[file.name.lower()] = LoraUse(file, float(weight))
     for tag in (*prompt.loras, *negative.loras):
@@ -162,7 +164,7 @@ def check(request: Sd15Request, library: Sd15Library) -> Sd15Plan:
         from engines.sd15.reference import check_variant, load_reference_image
 
         check_variant(r.reference_variant)
-        _number("The reference scale", r.reference_scale, 0.0, 2.0)
+        check_number("The reference scale", r.reference_scale, 0.0, 2.0)
         if not Path(r.reference).expanduser().is_file():
             raise InvalidRequestError(f"The reference image {r.reference} does not exist.")
         reference_image = load_reference_image(Path(r.reference).expanduser())
