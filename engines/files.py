@@ -95,3 +95,17 @@ class FileStamp:
     def missing(self) -> tuple[Path, ...]:
         """The files that did not exist when the stamp was taken."""
         return tuple(p for p, state in zip(self.paths, self.states) if state is None)
+
+
+def picture_paths(folder: Path, seeds: Iterable[int], stamp: str) -> list[Path]:
+    """``<stamp>-<seed>.png`` in ``folder`` for each seed, never a file that exists or a name given twice
+    (``-2``, ``-3``... are added): a picture made in the same second with the same seed replaces nothing."""
+    paths: list[Path] = []
+    for seed in seeds:
+        path = Path(folder) / f"{stamp}-{seed}.png"
+        n = 1
+        while path.exists() or path in paths:
+            n += 1
+            path = Path(folder) / f"{stamp}-{seed}-{n}.png"
+        paths.append(path)
+    return paths

@@ -44,16 +44,11 @@ def _model_label(model: str) -> str:
 
 def parameters_for(plan: Any, seed: int, store: Any) -> Any:
     """A1111's parameters of the picture: img2img's ``Denoising strength`` and one ``ControlNet N`` per unit."""
-    from engines.sd15.file_hashes import HashCache
+    from engines.sd15.file_hashes import job_hashes
     from engines.sd15.png_params import GenerationParameters
-    from engines.sd15.txt2img import HASH_CACHE
 
     r, sd = plan.request, plan.sd
-    hashes = HashCache(store.models_dir / HASH_CACHE)
-    source = store.resolve(sd.checkpoint.model)
-    single = source.path is not None and source.path.is_file()
-    model_hash = hashes.get(source.path, "model") if single else None
-    loras = tuple((u.file.name, hashes.get(u.file.path, "lora")) for u in sd.loras)
+    hashed = job_hashes(store, sd.checkpoint.model, sd.loras)
     modules = {"depth": "depth" if plan.depth_map is not None else "depth_estimated",
                "pose": "openpose" if plan.pose_map is not None else "openpose_vitpose", "canny": "canny"}
     extra: list[tuple[str, str]] = []
@@ -70,8 +65,8 @@ def parameters_for(plan: Any, seed: int, store: Any) -> Any:
     width, height = plan.size
     return GenerationParameters(
         prompt=r.prompt, negative=r.negative, steps=r.steps, sampler=sd.sampler, cfg=float(r.cfg), seed=seed,
-        width=width, height=height, model=_model_label(sd.checkpoint.model), model_hash=model_hash,
-        clip_skip=r.clip_skip, loras=loras, hires_strength=float(r.strength), extra=tuple(extra))
+        width=width, height=height, model=_model_label(sd.checkpoint.model), model_hash=hashed.model,
+        clip_skip=r.clip_skip, loras=hashed.loras, hires_strength=float(r.strength), extra=tuple(extra))
 
 
 def request_fields(request: Any, seed: int) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from engines.errors import Cancelled, OutOfMemoryError, is_torch_oom
+from engines.files import picture_paths
 from engines.live_action.request import LiveActionPlan, LiveActionRequest, check
 from engines.models import ModelStore, derive_pipeline
 from engines.progress import CancelToken, OnStep, no_progress
@@ -66,12 +67,7 @@ def output_path(request: LiveActionRequest, outputs: Path, seed: int) -> Path:
         return Path(request.output).expanduser()
     now = datetime.now()
     folder = Path(outputs) / OUTPUT_FOLDER / now.strftime("%Y-%m-%d")
-    path = folder / f"{now.strftime('%H%M%S')}-{seed}.png"
-    n = 1
-    while path.exists():
-        n += 1
-        path = folder / f"{now.strftime('%H%M%S')}-{seed}-{n}.png"
-    return path
+    return picture_paths(folder, [seed], now.strftime("%H%M%S"))[0]
 
 
 def total_steps(request: LiveActionRequest) -> int:
@@ -198,12 +194,14 @@ def control_maps(plan: LiveActionPlan, diffused: Any, alpha: Any, hardware: Any,
 
     if plan.depth_map is not None:
         depth = plan.depth_map
+        near = depth.convert("L")
     else:
         from engines.live_action.depth import estimate_depth
 
         with hardware.use(names["depth"]) as estimator:
-            depth = estimate_depth(estimator, diffused).convert("RGB")
-    background = analyse_background(diffused, alpha, depth.convert("L"))
+            near = estimate_depth(estimator, diffused)  # "L", near = white
+        depth = near.convert("RGB")  # what the ControlNet reads
+    background = analyse_background(diffused, alpha, near)
     if plan.pose_map is not None:
         pose, note = plan.pose_map, "Pose from the given map."
     else:

@@ -18,8 +18,9 @@ import json
 import logging
 import os
 import threading
+from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO, Optional, Sequence
 
 from engines.errors import CorruptModelError, ModelNotFoundError
 from engines.files import atomic_write_bytes
@@ -27,6 +28,7 @@ from engines.files import atomic_write_bytes
 log = logging.getLogger(__name__)
 
 SHORT_LENGTHS = {"model": 10, "lora": 12}  # kind -> hex digits A1111 writes
+HASH_CACHE = ".inkframe-hashes.json"  # in the models folder
 _BLOCK = 1 << 20
 _CACHE_VERSION = 1
 
@@ -142,3 +144,21 @@ class HashCache:
         except OSError as error:
             # The hash itself is right; without the file it is recomputed next time.
             log.warning("Could not write the hash cache %s: %s", self.cache_file, error)
+
+
+@dataclass(frozen=True)
+class JobHashes:
+    """What a picture's parameters say about the files it was made with."""
+
+    single_file: bool  # the checkpoint is one file (A1111 hashes only those; a diffusers folder has no hash)
+    model: Optional[str]
+    loras: tuple[tuple[str, str], ...]  # (name, short hash) for "Lora hashes"
+
+
+def job_hashes(store: Any, model: str, loras: Sequence[Any]) -> JobHashes:
+    """The checkpoint's and the LoRAs' (``LoraUse``) A1111 hashes, through the models folder's cache."""
+    hashes = HashCache(store.models_dir / HASH_CACHE)
+    source = store.resolve(model)
+    single = source.path is not None and source.path.is_file()
+    return JobHashes(single, hashes.get(source.path, "model") if single else None,
+                     tuple((u.file.name, hashes.get(u.file.path, "lora")) for u in loras))

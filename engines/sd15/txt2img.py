@@ -27,11 +27,12 @@ from typing import Any, Optional
 
 from engines import __version__
 from engines.errors import Cancelled, OutOfMemoryError, is_torch_oom
+from engines.files import picture_paths
 from engines.models import ModelStore, derive_pipeline
 from engines.progress import CancelToken, OnStep, no_progress
 from engines.sd15.checkpoint import Sd15Models
 from engines.sd15.conditioning import encode_pair
-from engines.sd15.file_hashes import HashCache
+from engines.sd15.file_hashes import job_hashes
 from engines.sd15.library import Sd15Library
 from engines.sd15.png_params import GenerationParameters, save_png
 from engines.sd15.preview import latent_preview
@@ -42,7 +43,6 @@ from engines.sd15.samplers import build_scheduler
 log = logging.getLogger(__name__)
 
 PANELS_FOLDER = "panels"
-HASH_CACHE = ".inkframe-hashes.json"
 
 
 @dataclass(frozen=True)
@@ -102,15 +102,7 @@ def _output_paths(request: Sd15Request, outputs: Path, seeds: list[int]) -> list
     now = datetime.now()
     folder = Path(request.output_dir).expanduser() if request.output_dir else outputs / PANELS_FOLDER / (
         now.strftime("%Y-%m-%d"))
-    paths = []
-    for seed in seeds:
-        path = folder / f"{now.strftime('%H%M%S')}-{seed}.png"
-        n = 1
-        while path.exists() or path in paths:
-            n += 1
-            path = folder / f"{now.strftime('%H%M%S')}-{seed}-{n}.png"
-        paths.append(path)
-    return paths
+    return picture_paths(folder, seeds, now.strftime("%H%M%S"))
 
 
 def generate(request: Sd15Request, hardware: Any, store: ModelStore, *, on_step: OnStep = no_progress,
@@ -218,11 +210,8 @@ def _decode(pipe: Any, latents: Any, hardware: Any) -> list[Any]:
 
 def _save(image: Any, path: Path, plan: Sd15Plan, seed: int, store: ModelStore) -> Picture:
     r = plan.request
-    hashes = HashCache(store.models_dir / HASH_CACHE)
-    source = store.resolve(plan.checkpoint.model)
-    single = source.path is not None and source.path.is_file()
-    model_hash = hashes.get(source.path, "model") if single else None
-    loras = tuple((u.file.name, hashes.get(u.file.path, "lora")) for u in plan.loras)
+    hashed = job_hashes(store, plan.checkpoint.model, plan.loras)
+    single, model_hash, loras = hashed.single_file, hashed.model, hashed.loras
     extra: list[tuple[str, str]] = []
     if plan.hires:
         extra.append(("Hires upscaler", "Latent" if r.hires_upscaler == "latent" else "Lanczos"))
