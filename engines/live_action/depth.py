@@ -50,10 +50,10 @@ def load_depth_model(store: Any, ref: str, dtype: Any = None) -> dict[str, Any]:
     if kind is not None and kind not in MODEL_FOR_DEPTH_ESTIMATION_MAPPING_NAMES:
         raise InvalidRequestError(f"'{ref}' is a {kind} model, not a depth estimator: choose one like "
                                   f"{DEFAULT_DEPTH_MODEL}.")
-    model = store.load_model(ref, AutoModelForDepthEstimation, torch_dtype=dtype)
     if not (Path(folder) / "preprocessor_config.json").is_file():
         raise InvalidRequestError(f"'{ref}' has no preprocessor_config.json next to its weights: put the "
                                   "model's whole folder there.")
+    model = store.load_model(ref, AutoModelForDepthEstimation, torch_dtype=dtype)
     processor = AutoImageProcessor.from_pretrained(str(folder), local_files_only=True)
     return {"model": model.eval(), "processor": processor}
 

@@ -73,13 +73,13 @@ def load_pose_model(store: Any, ref: str, dtype: Any = None) -> dict[str, Any]:
     config = Path(folder) / "config.json"
     if config.is_file() and json.loads(config.read_text(encoding="utf-8")).get("model_type") != "vitpose":
         raise InvalidRequestError(f"'{ref}' is not a ViTPose model: choose one like {DEFAULT_POSE_MODEL}.")
+    if not (Path(folder) / "preprocessor_config.json").is_file():
+        raise InvalidRequestError(f"'{ref}' has no preprocessor_config.json next to its weights: put the "
+                                  "model's whole folder there.")
     model = store.load_model(ref, VitPoseForPoseEstimation, torch_dtype=dtype)
     if model.config.num_labels < len(COCO_KEYPOINTS):  # whole-body models put COCO's 17 first
         raise InvalidRequestError(f"'{ref}' finds {model.config.num_labels} keypoints, not COCO's 17 body "
                                   f"points: choose a model like {DEFAULT_POSE_MODEL}.")
-    if not (Path(folder) / "preprocessor_config.json").is_file():
-        raise InvalidRequestError(f"'{ref}' has no preprocessor_config.json next to its weights: put the "
-                                  "model's whole folder there.")
     processor = AutoImageProcessor.from_pretrained(str(folder), local_files_only=True)
     return {"model": model.eval(), "processor": processor}
 
