@@ -14,9 +14,9 @@ from typing import Any, Optional
 from engines.errors import StudioError
 from engines.live_action.request import COLOUR_MODES, DEFAULT_CONTROLNET_CANNY, LiveActionRequest
 from engines.progress import CancelToken
-from studio.live_action_view import (RANDOM_SEED, SAMPLER_NAMES, batch_rows, endpoint_result, history,
-                                     history_file, model_choices, progress_html, read_report, request_from_values,
-                                     shown_result, summary_html, values_from_report)
+from studio.live_action_view import (OUTPUT_FOLDER, RANDOM_SEED, SAMPLER_NAMES, batch_rows, endpoint_result,
+                                     history, history_file, model_choices, progress_html, read_report,
+                                     request_from_values, shown_result, summary_html, values_from_report)
 from studio.queue import GPU_QUEUE
 from studio.widgets import gallery_path
 
@@ -211,8 +211,8 @@ def build(ctx, manga: Optional[dict[str, Any]] = None) -> dict[str, Any]:
             with gr.Row():
                 input_dir = gr.Textbox(label="Input folder", placeholder="/path/to/drawings",
                                        elem_id="live-batch-input")
-                output_dir = gr.Textbox(label="Output folder", value=str(paths.outputs / "live-action" / "batch"),
-                                        elem_id="live-batch-output")
+                output_dir = gr.Textbox(label="Output folder", elem_id="live-batch-output",
+                                        value=str(paths.outputs / OUTPUT_FOLDER / "batch"))
             with gr.Row():
                 batch_start = gr.Button("Run batch", variant="primary", elem_id="live-batch-run")
                 batch_cancel = gr.Button("Stop batch", variant="stop", elem_id="live-batch-cancel")

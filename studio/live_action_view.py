@@ -12,7 +12,8 @@ from html import escape
 from pathlib import Path
 from typing import Any, Optional
 
-from engines.live_action.output import MAP_NAMES
+from engines.live_action.output import MAP_NAMES, map_path_for, report_path_for
+from engines.live_action.photoreal import OUTPUT_FOLDER
 from engines.live_action.request import LiveActionRequest
 from engines.sd15.library import Sd15Library
 from engines.sd15.samplers import DEFAULT_SAMPLER, SAMPLERS
@@ -20,7 +21,6 @@ from studio.widgets import progress_gauge
 
 HISTORY_LIMIT = 60
 RANDOM_SEED = -1
-OUTPUT_FOLDER = "live-action"  # engines.live_action.photoreal.OUTPUT_FOLDER, without importing the engine
 MAP_KINDS = tuple(MAP_NAMES)  # "depth", "pose", "canny": the order the maps are shown in
 SAMPLER_NAMES = (DEFAULT_SAMPLER, *(name for name in SAMPLERS if name != DEFAULT_SAMPLER))
 # Request fields the tab does not show: the output file is the studio's to choose, previews the handler's.
@@ -141,20 +141,19 @@ def read_report(picture: Optional[str]) -> Optional[dict[str, Any]]:
     """The JSON report saved beside a result picture, or None when there is none (or it is unreadable)."""
     if not picture:
         return None
-    path = Path(picture).with_suffix(".json")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(report_path_for(Path(picture)).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
 
 
 def saved_maps(picture: str, document: Optional[dict[str, Any]]) -> dict[str, Path]:
     """The control maps saved beside a picture: those its report names, else those found on disk."""
-    folder, stem = Path(picture).parent, Path(picture).stem
+    folder = Path(picture).parent
     named = (document or {}).get("maps") or {}
     found = {kind: folder / name for kind, name in named.items() if (folder / name).is_file()}
     for kind in MAP_KINDS:
-        candidate = folder / f"{stem}.{kind}.png"
+        candidate = map_path_for(Path(picture), kind)
         if kind not in found and candidate.is_file():
             found[kind] = candidate
     return found
