@@ -157,6 +157,20 @@ def test_oom_recovery_halves_batch_and_calls_back(tmp_path):
         hw.run_with_oom_recovery(lambda b: (_ for _ in ()).throw(ValueError("not memory")), 8)
 
 
+def test_a_gpu_job_says_out_of_memory_in_its_own_words_and_frees_the_lock(tmp_path):
+    hw = HardwareManager(MachineSettings(data_dir=tmp_path, cpu=True), device_budget_bytes=GB)
+    with pytest.raises(OutOfMemoryError, match="lower the frames"):
+        with hw.gpu_job("animation", out_of_memory="Out of memory; lower the frames."):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    with pytest.raises(torch.OutOfMemoryError):  # without a sentence torch's error passes through
+        with hw.gpu_job("plain"):
+            raise torch.OutOfMemoryError("CUDA out of memory")
+    with pytest.raises(ValueError):
+        with hw.gpu_job("other", out_of_memory="never said"):
+            raise ValueError("not memory")
+    assert hw.busy is None
+
+
 def test_batch_size_scales_with_resolution(tmp_path):
     hw = HardwareManager(MachineSettings(data_dir=tmp_path, cpu=True), device_budget_bytes=GB)
     small = hw.batch_size_for(64, 10 * MB, max_batch=1000)

@@ -246,9 +246,12 @@ class HardwareManager:
 
     # -- the GPU lock --------------------------------------------------------------------
     @contextmanager
-    def gpu_job(self, job: str, timeout: Optional[float] = None) -> Iterator[None]:
-        """Run one GPU job at a time, app-wide; memory is tidied after each job."""
-        with self.gpu_lock.hold(job, timeout=timeout):
+    def gpu_job(self, job: str, timeout: Optional[float] = None, *, out_of_memory: str = "") -> Iterator[None]:
+        """Run one GPU job at a time, app-wide; memory is tidied after each job.
+
+        With ``out_of_memory`` (one sentence saying what to lower), torch running out of memory inside the
+        job frees the cached memory and becomes ``OutOfMemoryError(out_of_memory)``."""
+        with self.gpu_lock.hold(job, timeout=timeout), self._out_of_memory_as(out_of_memory):
             self.refresh_budget()
             cuda = self.device.type == "cuda"
             if cuda:
@@ -264,6 +267,16 @@ class HardwareManager:
                 log.info("job '%s' took %.1f s; RAM %.0f %%%s", job, time.perf_counter() - started,
                          reading.ram_percent, peak)
                 self.cleanup_if_needed(reading)
+
+    @contextmanager
+    def _out_of_memory_as(self, sentence: str) -> Iterator[None]:
+        try:
+            yield
+        except RuntimeError as error:  # torch's OutOfMemoryError is one
+            if not sentence or not is_torch_oom(error):
+                raise
+            self.free_cached_memory()
+            raise OutOfMemoryError(sentence) from error
 
     @property
     def busy(self) -> Optional[str]:

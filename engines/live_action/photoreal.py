@@ -30,7 +30,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Optional
 
-from engines.errors import Cancelled, OutOfMemoryError, is_torch_oom
+from engines.errors import Cancelled
 from engines.files import picture_paths
 from engines.live_action.request import LiveActionPlan, LiveActionRequest, check
 from engines.models import ModelStore, derive_pipeline
@@ -87,32 +87,26 @@ def make_live_action(request: LiveActionRequest, hardware: Any, store: ModelStor
     # 2. every model on this computer before any loads
     names = ensure_models(plan, hardware, store, on_step, cancel)
     total = total_steps(request)
-    try:
-        with hardware.gpu_job("live-action"):
-            # 3. the picture as it is diffused
-            from engines.live_action.background import flatten
-            from engines.live_action.source import fit_to
-
-            on_step(0, total, "Reading the picture")
-            rgb, alpha = flatten(plan.source.image)
-            diffused = fit_to(rgb, plan.size)
-            alpha = _fit_alpha(alpha, plan.size)
-            # 4. the control maps and the background
-            maps, background = control_maps(plan, diffused, alpha, hardware, names)
-            _raise_if_cancelled(cancel)
-            on_step(PREP_STEPS, total, background.description)
-            # 5. diffuse
-            raw = diffuse(plan, diffused, maps, seed, hardware, store, names, on_step, cancel, total)
-            # 6. finish
-            result, report, notes = finish(plan, raw, diffused, background)
-    except RuntimeError as error:  # torch's OutOfMemoryError is one
-        if not is_torch_oom(error):
-            raise
-        hardware.free_cached_memory()
-        w, h = plan.size
-        raise OutOfMemoryError(
+    w, h = plan.size
+    with hardware.gpu_job("live-action", out_of_memory=(
             f"Out of memory at {w}x{h} with {len(plan.controlnets)} ControlNets; lower the long side, "
-            "or set a lower --vram-limit so the studio offloads more.") from error
+            "or set a lower --vram-limit so the studio offloads more.")):
+        # 3. the picture as it is diffused
+        from engines.live_action.background import flatten
+        from engines.live_action.source import fit_to
+
+        on_step(0, total, "Reading the picture")
+        rgb, alpha = flatten(plan.source.image)
+        diffused = fit_to(rgb, plan.size)
+        alpha = _fit_alpha(alpha, plan.size)
+        # 4. the control maps and the background
+        maps, background = control_maps(plan, diffused, alpha, hardware, names)
+        _raise_if_cancelled(cancel)
+        on_step(PREP_STEPS, total, background.description)
+        # 5. diffuse
+        raw = diffuse(plan, diffused, maps, seed, hardware, store, names, on_step, cancel, total)
+        # 6. finish
+        result, report, notes = finish(plan, raw, diffused, background)
     # 7. save
     from engines.live_action.output import save_result
 

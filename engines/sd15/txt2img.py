@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from engines import __version__
-from engines.errors import Cancelled, OutOfMemoryError, is_torch_oom
+from engines.errors import Cancelled
 from engines.files import picture_paths
 from engines.models import ModelStore, derive_pipeline
 from engines.progress import CancelToken, OnStep, no_progress
@@ -125,49 +125,42 @@ def generate(request: Sd15Request, hardware: Any, store: ModelStore, *, on_step:
 
     # 2. the checkpoint, once per process
     name = models.ensure(plan.checkpoint, on_step, cancel)
-    try:
-        with hardware.gpu_job("generate"), hardware.use(name) as base:
-            # 3. this job's LoRAs and embeddings, and the sampler
-            on_step(0, progress.total, "Preparing LoRAs and embeddings" if plan.loras or plan.embeddings else "")
-            models.apply_networks(base, plan.loras, plan.embeddings)
-            referenced = plan.reference_image is not None
-            fit_reference(base, store, request.reference_variant if referenced else None, hardware.dtype("inference"))
-            pipe = derive_pipeline(type(base), base, scheduler=build_scheduler(plan.sampler, base.scheduler.config))
-            pipe.set_progress_bar_config(disable=True)
-            ip_kwargs = reference_kwargs(pipe, plan.reference_image, plan.second_image, request.reference_scale,
-                                         request.reference_split, request.width, request.height) if referenced else {}
-            # 4. the prompts
-            positive, negative = encode_pair(pipe, plan.prompt, plan.negative, request.clip_skip)
-            size = request.batch_size
-            for batch in range(request.batch_count):
-                batch_seeds = seeds[batch * size:(batch + 1) * size]
-                # 5. denoise
-                latents = pipe(
-                    prompt_embeds=positive, negative_prompt_embeds=negative, height=request.height,
-                    width=request.width, num_inference_steps=request.steps, guidance_scale=request.cfg,
-                    num_images_per_prompt=size, generator=_generators(batch_seeds), output_type="latent",
-                    callback_on_step_end=progress.callback(f"picture {batch * size + 1}/{count}"), **ip_kwargs,
-                ).images
+    out_of_memory = (f"Out of memory at {request.width}x{request.height}"
+                     f"{' with the hires fix' if plan.hires else ''}; lower the size, the batch size or the hires "
+                     "scale, or set a lower --vram-limit so the studio offloads more.")
+    with hardware.gpu_job("generate", out_of_memory=out_of_memory), hardware.use(name) as base:
+        # 3. this job's LoRAs and embeddings, and the sampler
+        on_step(0, progress.total, "Preparing LoRAs and embeddings" if plan.loras or plan.embeddings else "")
+        models.apply_networks(base, plan.loras, plan.embeddings)
+        referenced = plan.reference_image is not None
+        fit_reference(base, store, request.reference_variant if referenced else None, hardware.dtype("inference"))
+        pipe = derive_pipeline(type(base), base, scheduler=build_scheduler(plan.sampler, base.scheduler.config))
+        pipe.set_progress_bar_config(disable=True)
+        ip_kwargs = reference_kwargs(pipe, plan.reference_image, plan.second_image, request.reference_scale,
+                                     request.reference_split, request.width, request.height) if referenced else {}
+        # 4. the prompts
+        positive, negative = encode_pair(pipe, plan.prompt, plan.negative, request.clip_skip)
+        size = request.batch_size
+        for batch in range(request.batch_count):
+            batch_seeds = seeds[batch * size:(batch + 1) * size]
+            # 5. denoise
+            latents = pipe(
+                prompt_embeds=positive, negative_prompt_embeds=negative, height=request.height,
+                width=request.width, num_inference_steps=request.steps, guidance_scale=request.cfg,
+                num_images_per_prompt=size, generator=_generators(batch_seeds), output_type="latent",
+                callback_on_step_end=progress.callback(f"picture {batch * size + 1}/{count}"), **ip_kwargs,
+            ).images
+            progress.raise_if_cancelled(len(pictures))
+            # 6. the hires fix
+            if plan.hires:
+                latents = _hires_pass(pipe, plan, latents, positive, negative, batch_seeds, hardware, progress,
+                                      ip_kwargs)
                 progress.raise_if_cancelled(len(pictures))
-                # 6. the hires fix
-                if plan.hires:
-                    latents = _hires_pass(pipe, plan, latents, positive, negative, batch_seeds, hardware, progress,
-                                          ip_kwargs)
-                    progress.raise_if_cancelled(len(pictures))
-                # 7. decode and save
-                images = _decode(pipe, latents, hardware)
-                for offset, image in enumerate(images):
-                    index = batch * size + offset
-                    pictures.append(_save(image, paths[index], plan, seeds[index], store))
-    except RuntimeError as error:  # torch's OutOfMemoryError is one
-        if not is_torch_oom(error):
-            raise
-        hardware.free_cached_memory()
-        raise OutOfMemoryError(
-            f"Out of memory at {request.width}x{request.height}"
-            f"{' with the hires fix' if plan.hires else ''}; lower the size, the batch size or the hires scale, "
-            "or set a lower --vram-limit so the studio offloads more."
-        ) from error
+            # 7. decode and save
+            images = _decode(pipe, latents, hardware)
+            for offset, image in enumerate(images):
+                index = batch * size + offset
+                pictures.append(_save(image, paths[index], plan, seeds[index], store))
     seconds = time.perf_counter() - started
     log.info("generated %d picture(s) with %s in %.1f s", len(pictures), plan.checkpoint.model, seconds)
     return Sd15Result(tuple(pictures), seconds)

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from engines import __version__
-from engines.errors import CorruptModelError, InvalidRequestError, OutOfMemoryError, StudioError, is_torch_oom
+from engines.errors import CorruptModelError, InvalidRequestError, StudioError
 from engines.files import atomic_write
 from engines.origin.generation.enhance import (UPSCALES, EnhanceSettings, SuperResolution, describe_upscaler, enhance,
                                     find_sr_model)
@@ -351,43 +351,37 @@ def generate(request: GenerateRequest, hardware: Any, *, on_step: OnStep = no_pr
     rescale = guidance_rescale_for(request, config)
 
     # 4.-6. encode, denoise and enhance, one GPU job
-    try:
-        with hardware.gpu_job("generate"):
-            # 4. the prompt and the unconditional branch: the empty caption the model learned from
-            #    caption dropout, or the negative prompt in its place
-            with hardware.use(text_name) as text:
-                guided = request.cfg != 1.0
-                prompts = [request.negative.strip(), request.prompt.strip()] if guided else [request.prompt.strip()]
-                context = text.encode(prompts)
-                text_identity = text.identity
-                text_encoder = "sha256 fallback" if text.is_fallback else text_identity["id"]
-            if latent:
-                # The reference is read in the space the model draws in, by the same VAE.
-                with hardware.use(vae_name) as codec:
-                    vae_identity = codec.identity
-                    to_rgb = partial(latents_to_rgb, rgb_map=codec.rgb_map)
-                    if reference is not None:
-                        reference = codec.encode(reference)
-                shape = (1, m.in_channels, height // m.latent_factor, width // m.latent_factor)
-            else:
-                to_rgb, shape = None, (1, 3, height, width)
-            with hardware.use(model_name) as model:
-                pixels = _denoise(model, scheduler, context, reference, shape, request, seed,
-                                  hardware.dtype("inference"), on_step, cancel, rescale, to_rgb=to_rgb)
-            if latent:
-                with hardware.use(vae_name) as codec:
-                    on_step(request.steps, request.steps, "decoding with the VAE", None)
-                    pixels = codec.decode(pixels, hardware)
-            with hardware.use(sr_name) if sr_name else nullcontext(None) as sr_model:
-                upscaler = describe_upscaler(request.upscale, sr_model)
-                image = enhance(tensor_to_pil(pixels), upscale=request.upscale, sr_model=sr_model,
-                                **request.enhance.as_dict())
-    except RuntimeError as error:  # torch's OutOfMemoryError is one
-        if not is_torch_oom(error):
-            raise
-        hardware.free_cached_memory()
-        raise OutOfMemoryError(f"Out of memory at {width}x{height}; lower the size or the upscale, "
-                               "or close other programs using the GPU.") from error
+    out_of_memory = f"Out of memory at {width}x{height}; lower the size or the upscale, or close other programs using the GPU."
+    with hardware.gpu_job("generate", out_of_memory=out_of_memory):
+        # 4. the prompt and the unconditional branch: the empty caption the model learned from
+        #    caption dropout, or the negative prompt in its place
+        with hardware.use(text_name) as text:
+            guided = request.cfg != 1.0
+            prompts = [request.negative.strip(), request.prompt.strip()] if guided else [request.prompt.strip()]
+            context = text.encode(prompts)
+            text_identity = text.identity
+            text_encoder = "sha256 fallback" if text.is_fallback else text_identity["id"]
+        if latent:
+            # The reference is read in the space the model draws in, by the same VAE.
+            with hardware.use(vae_name) as codec:
+                vae_identity = codec.identity
+                to_rgb = partial(latents_to_rgb, rgb_map=codec.rgb_map)
+                if reference is not None:
+                    reference = codec.encode(reference)
+            shape = (1, m.in_channels, height // m.latent_factor, width // m.latent_factor)
+        else:
+            to_rgb, shape = None, (1, 3, height, width)
+        with hardware.use(model_name) as model:
+            pixels = _denoise(model, scheduler, context, reference, shape, request, seed,
+                              hardware.dtype("inference"), on_step, cancel, rescale, to_rgb=to_rgb)
+        if latent:
+            with hardware.use(vae_name) as codec:
+                on_step(request.steps, request.steps, "decoding with the VAE", None)
+                pixels = codec.decode(pixels, hardware)
+        with hardware.use(sr_name) if sr_name else nullcontext(None) as sr_model:
+            upscaler = describe_upscaler(request.upscale, sr_model)
+            image = enhance(tensor_to_pil(pixels), upscale=request.upscale, sr_model=sr_model,
+                            **request.enhance.as_dict())
 
     # 7. the PNG and its metadata
     parameters = {
