@@ -140,15 +140,9 @@ def main(argv: list[str] | None = None) -> int:
                  "engine": lambda: harness.in_fresh_thread(engine_call)}
         reference = paths["raw"]()
         same = [np.array_equal(paths["engine"](), reference)]  # the first engine call loads: not timed
-        samples: dict[str, list[float]] = {"raw": [], "engine": []}
-        peaks: dict[str, list] = {"raw": [], "engine": []}
-        for i in range(runs):
-            for which in (("raw", "engine") if i % 2 == 0 else ("engine", "raw")):
-                with peak.phase() as p:
-                    seconds, pixels = harness.timed(paths[which], cuda=cuda)
-                samples[which].append(seconds)
-                peaks[which].append(p["bytes"])
-                same.append(np.array_equal(pixels, reference))
+        samples, peaks, checks = harness.alternate(paths, runs, cuda=cuda, peak=peak,
+                                                   same=lambda pixels: np.array_equal(pixels, reference))
+        same += checks
 
         report = harness.Report(NAME, "a Live-Action picture through the engine vs raw diffusers", TARGET, args)
         report.info = harness.environment(args, hw, size=args.size, pipeline_mib=round(size / 2**20, 1),

@@ -171,6 +171,23 @@ class PeakVram:
             box["bytes"] = int(torch.cuda.max_memory_allocated())
 
 
+def alternate(paths: dict[str, Callable[[], Any]], runs: int, *, cuda: bool, peak: "PeakVram",
+              same: Callable[[Any], bool]) -> tuple[dict[str, list[float]], dict[str, list], list[bool]]:
+    """Time "raw" and "engine" ``runs`` times each, alternating which goes first (a warm cache or a busy
+    moment favours neither); returns the seconds and the peak VRAM of each, and ``same(result)`` of every run."""
+    samples: dict[str, list[float]] = {"raw": [], "engine": []}
+    peaks: dict[str, list] = {"raw": [], "engine": []}
+    checks: list[bool] = []
+    for i in range(runs):
+        for which in (("raw", "engine") if i % 2 == 0 else ("engine", "raw")):
+            with peak.phase() as p:
+                seconds, result = timed(paths[which], cuda=cuda)
+            samples[which].append(seconds)
+            peaks[which].append(p["bytes"])
+            checks.append(same(result))
+    return samples, peaks, checks
+
+
 def vram_line(hw: Any, stage: str) -> None:
     """On CUDA, print what torch holds next to what the pool counts (the pool's accounting, checked)."""
     if hw.device.type != "cuda":

@@ -17,6 +17,17 @@ PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 APP_NAME = "InkframeStudio"
 
 
+def size_argument(text: str) -> tuple[int, int]:
+    """The ``--size WIDTHxHEIGHT`` flag of the picture and video commands (``512x768``, ``512×768``)."""
+    import argparse
+
+    try:
+        width, height = (int(v) for v in text.lower().replace("×", "x").split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"give the size as WIDTHxHEIGHT, e.g. 512x768, not '{text}'") from None
+    return width, height
+
+
 def default_data_dir() -> Path:
     """platformdirs' per-user data dir, overridable by INKFRAME_DATA_DIR (tests, portable installs)."""
     env = os.environ.get("INKFRAME_DATA_DIR")

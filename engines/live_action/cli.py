@@ -17,18 +17,10 @@ import time
 from pathlib import Path
 
 from engines.errors import InvalidRequestError
-from engines.settings import MachineSettings
+from engines.settings import MachineSettings, size_argument
 
 # The request's defaults, as text: importing the engine would load torch, and --help must stay instant.
 DEFAULTS = "defaults: Realistic Vision 5.1 + ft-MSE VAE, depth 0.75, pose 0.4, strength 0.65, 30 steps, CFG 7"
-
-
-def _size(text: str) -> tuple[int, int]:
-    try:
-        width, height = (int(v) for v in text.lower().replace("×", "x").split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"give the size as WIDTHxHEIGHT, e.g. 512x768, not '{text}'") from None
-    return width, height
 
 
 def _window(text: str) -> tuple[float, float]:
@@ -66,7 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     how.add_argument("--cfg", type=float, default=None)
     how.add_argument("--sampler", default=None, help="default DPM++ 2M Karras")
     how.add_argument("--seed", type=int, default=None, help="same seed + same settings = same picture")
-    how.add_argument("--size", type=_size, default=None, metavar="WxH",
+    how.add_argument("--size", type=size_argument, default=None, metavar="WxH",
                      help="the diffused size, multiples of 8 (default: long side 640, multiples of 64)")
     how.add_argument("--long-side", type=int, default=None, metavar="PX")
     how.add_argument("--clip-skip", type=int, default=None)

@@ -14,13 +14,12 @@ written from the pooled checkpoint's UNet instead, and nothing reaches for the n
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
 from engines.errors import InvalidRequestError
 from engines.hardware import MemoryPolicy
+from engines.models import config_folder
 
 # A ControlNet's activations are about half a UNet step's (the encoder only), at 512x768 in fp16.
 POLICY = MemoryPolicy(working_bytes=384 * 2**20)
@@ -74,11 +73,4 @@ def _config_folder(store: Any, unet_config: dict[str, Any]) -> Path:
     halvings = max(0, int(unet_config.get("_vae_scale_factor", 8)).bit_length() - 1)
     fields["conditioning_embedding_out_channels"] = [16, 32, 96, 256][:halvings + 1]
     fields = {k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()}
-    text = json.dumps({"_class_name": "ControlNetModel", **fields}, sort_keys=True, indent=1)
-    folder = store.models_dir / ".configs" / f"controlnet-{hashlib.sha1(text.encode()).hexdigest()[:10]}"
-    if not (folder / "config.json").is_file():
-        from engines.files import atomic_write_bytes
-
-        folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(folder / "config.json", text.encode("utf-8"))
-    return folder
+    return config_folder(store.models_dir, "controlnet", {"_class_name": "ControlNetModel", **fields})

@@ -37,14 +37,10 @@ def map_path_for(path: Path, kind: str) -> Path:
     return Path(path).with_name(f"{Path(path).stem}.{kind}.png")
 
 
-def _model_label(model: str) -> str:
-    name = Path(model).name if ("/" in model or "\\" in model) else model
-    return Path(name).stem if name.lower().endswith((".safetensors", ".ckpt", ".pt", ".pth")) else name
-
-
 def parameters_for(plan: Any, seed: int, store: Any) -> Any:
     """A1111's parameters of the picture: img2img's ``Denoising strength`` and one ``ControlNet N`` per unit."""
     from engines.sd15.file_hashes import job_hashes
+    from engines.sd15.a1111_text import model_label
     from engines.sd15.png_params import GenerationParameters
 
     r, sd = plan.request, plan.sd
@@ -53,19 +49,19 @@ def parameters_for(plan: Any, seed: int, store: Any) -> Any:
                "pose": "openpose" if plan.pose_map is not None else "openpose_vitpose", "canny": "canny"}
     extra: list[tuple[str, str]] = []
     for index, (kind, model, scale, start, end) in enumerate(plan.controlnets):
-        extra.append((f"ControlNet {index}", f"Module: {modules[kind]}, Model: {_model_label(model)}, "
+        extra.append((f"ControlNet {index}", f"Module: {modules[kind]}, Model: {model_label(model)}, "
                                              f"Weight: {scale:g}, Guidance Start: {start:g}, Guidance End: {end:g}"))
     if r.identity:
         extra += [("IP-Adapter", "ip-adapter plain (the picture itself)"), ("IP-Adapter scale", f"{r.identity_scale:g}")]
     if sd.checkpoint.vae:
-        extra.append(("VAE", _model_label(sd.checkpoint.vae)))
+        extra.append(("VAE", model_label(sd.checkpoint.vae)))
     if r.colour_transfer != "off":
         extra.append(("Colour transfer", f"{r.colour_transfer} {r.colour_strength:g}"))
     extra.append(("Version", f"Inkframe {__version__}"))
     width, height = plan.size
     return GenerationParameters(
         prompt=r.prompt, negative=r.negative, steps=r.steps, sampler=sd.sampler, cfg=float(r.cfg), seed=seed,
-        width=width, height=height, model=_model_label(sd.checkpoint.model), model_hash=hashed.model,
+        width=width, height=height, model=model_label(sd.checkpoint.model), model_hash=hashed.model,
         clip_skip=r.clip_skip, loras=hashed.loras, hires_strength=float(r.strength), extra=tuple(extra))
 
 

@@ -20,20 +20,12 @@ import time
 from pathlib import Path
 
 from engines.errors import InvalidRequestError, ModelNotFoundError
-from engines.settings import MachineSettings
+from engines.settings import MachineSettings, size_argument
 
 # Kept as text here: importing the engines would load torch, and --help must stay instant.
 SD_ONLY = ("clip_skip", "lora", "embedding", "hires", "hires_strength", "hires_steps", "hires_upscaler",
            "reference_scale", "reference_variant", "second_reference", "reference_split")
 ORIGIN_ONLY = ("guidance_rescale", "upscale", "detail", "vibrancy", "saturation", "contrast", "brightness")
-
-
-def _size(text: str) -> tuple[int, int]:
-    try:
-        width, height = (int(v) for v in text.lower().replace("×", "x").split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"give the size as WIDTHxHEIGHT, e.g. 512x768, not '{text}'") from None
-    return width, height
 
 
 def _lora(text: str) -> tuple[str, float]:
@@ -62,7 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     both.add_argument("--sampler", default=None,
                       help="SD: Euler a, Euler, DPM++ 2M, DPM++ 2M Karras (default), DPM++ SDE Karras, DPM++ 2M SDE "
                            "Karras, Heun, LMS, DDIM, UniPC, LCM; Origin: ddim (default), ddpm, dpm++, euler_a")
-    both.add_argument("--size", type=_size, default=None, metavar="WxH", help="picture size, e.g. 512x768")
+    both.add_argument("--size", type=size_argument, default=None, metavar="WxH", help="picture size, e.g. 512x768")
     both.add_argument("--width", type=int, default=None, help=argparse.SUPPRESS)
     both.add_argument("--height", type=int, default=None, help=argparse.SUPPRESS)
     both.add_argument("--batch", type=int, default=1, metavar="N", help="how many pictures (seeds seed, seed+1, ...)")

@@ -8,8 +8,8 @@
 """
 
 from engines.models.files import (CHECKPOINT_SUFFIXES, PICKLE_SUFFIXES, SAFE_SUFFIXES, check_safetensors_file,
-                                  choose_download_files)
+                                  choose_download_files, config_folder)
 from engines.models.store import KnownModel, ModelSource, ModelStore, derive_pipeline
 
 __all__ = ["CHECKPOINT_SUFFIXES", "PICKLE_SUFFIXES", "SAFE_SUFFIXES", "KnownModel", "ModelSource", "ModelStore",
-           "check_safetensors_file", "choose_download_files", "derive_pipeline"]
+           "check_safetensors_file", "choose_download_files", "config_folder", "derive_pipeline"]

@@ -78,6 +78,23 @@ def _variant(filename: str) -> str:
 # --- is it whole -----------------------------------------------------------------------------------
 
 
+def config_folder(models_dir: Path, prefix: str, config: Mapping[str, Any]) -> Path:
+    """A folder holding ``config.json`` for a single-file model whose file carries no config, written once.
+
+    Under ``models/.configs/<prefix>-<hash of the config>``: the same config always finds the same folder,
+    so a second load reads nothing new and never reaches for the Hub."""
+    import hashlib
+
+    text = json.dumps(dict(config), sort_keys=True, indent=1)
+    folder = Path(models_dir) / ".configs" / f"{prefix}-{hashlib.sha1(text.encode()).hexdigest()[:10]}"
+    if not (folder / "config.json").is_file():
+        from engines.files import atomic_write_bytes
+
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(folder / "config.json", text.encode("utf-8"))
+    return folder
+
+
 def is_complete(folder: Path) -> bool:
     """A model folder that is not an interrupted download: configs, or checkpoints at its top."""
     if not folder.is_dir() or (folder / DOWNLOADING_MARKER).exists():

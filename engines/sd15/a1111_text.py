@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 _NEGATIVE = "Negative prompt:"
@@ -66,6 +67,12 @@ class GenerationParameters:
 
 
 # --- writing A1111's text -------------------------------------------------------------------------------
+
+
+def model_label(model: str) -> str:
+    """The name A1111 shows for a model reference: a path's file name, without a weights suffix; an HF id as is."""
+    name = Path(model).name if ("/" in model or "\\" in model) else model
+    return Path(name).stem if name.lower().endswith((".safetensors", ".ckpt", ".pt", ".pth")) else name
 
 
 def _number(value: float) -> str:
