@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "page": ("engines.manga.page_cli", "compose a manga page: layout, panels, speech bubbles, screentone"),
     "chapter": ("engines.manga.chapter_cli", "put pages in order into one CBZ or PDF for comic readers"),
     "live-action": ("engines.live_action.cli", "make a drawn character photoreal, keeping its pose and colours"),
+    "animate": ("engines.animation.cli", "animate a character or a still with AnimateDiff (MP4, GIF, WebP, WebM)"),
     "doctor": ("engines.doctor", "show the device, memory, versions, folders and installed models"),
 }
 

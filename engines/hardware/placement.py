@@ -217,3 +217,46 @@ def decode_with_tiled_retry(
             vae.tile_sample_min_size = tile
             vae.tile_latent_min_size = max(1, tile // scale)
             log.warning("VAE tiled decode ran out of memory; tile size now %d px", tile)
+
+
+def follow_offload_hooks(pairs: Any) -> list[Any]:
+    """Make each ``(base, derived)`` pair's ``derived`` module bring in and send back ``base``'s weights the way
+    ``base``'s own offload hooks do; returns the torch hook handles (``handle.remove()`` when the job ends).
+
+    A module built per job out of a pooled model's layers (Animation's motion UNet is made of the pooled
+    UNet's blocks) never calls the pooled model's ``forward``, so the hooks offloading placed there do not
+    fire: under model offload the UNet would stay in RAM, under group offload so would each block. Running
+    those same hooks around the derived module's forward keeps one placement for both, decided here by the
+    pool. Sequential offload needs nothing: its hooks sit on the leaf layers, which the derived module calls.
+    """
+    handles = []
+    for base, derived in pairs:
+        hooks = _offload_hooks(base)
+        if not hooks:
+            continue
+
+        def before(module: Any, args: Any, kwargs: Any, hooks: list = hooks, base: Any = base) -> Any:
+            for hook in hooks:
+                args, kwargs = hook.pre_forward(base, *args, **kwargs)
+            return args, kwargs
+
+        def after(module: Any, args: Any, kwargs: Any, output: Any, hooks: list = hooks, base: Any = base) -> Any:
+            for hook in reversed(hooks):
+                output = hook.post_forward(base, output)
+            return output
+
+        handles.append(derived.register_forward_pre_hook(before, with_kwargs=True))
+        handles.append(derived.register_forward_hook(after, with_kwargs=True))
+    return handles
+
+
+def _offload_hooks(module: Any) -> list[Any]:
+    """The offload hooks on ``module`` itself, outermost first: accelerate's (model offload) and diffusers'."""
+    hooks = []
+    accelerate_hook = getattr(module, "_hf_hook", None)
+    if accelerate_hook is not None:
+        hooks.append(accelerate_hook)
+    registry = getattr(module, "_diffusers_hook", None)
+    if registry is not None:
+        hooks += [registry.hooks[name] for name in reversed(registry._hook_order)]
+    return hooks

@@ -42,3 +42,18 @@ def latent_preview(pipe: Any, latents: Any, upscale: int = 4) -> Any:
     pixels = ((rgb.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
     image = Image.fromarray(pixels)
     return image.resize((image.width * upscale, image.height * upscale), Image.Resampling.BILINEAR)
+
+
+def latent_strip(pipe: Any, latents: Any, upscale: int = 4) -> Any:
+    """Every picture of a batch of (scaled) latents side by side, as one small PIL image (a video's frames)."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from engines.latent_rgb import latents_to_rgb
+
+    with torch.no_grad():
+        rgb = latents_to_rgb(latents.float().cpu(), _rgb_map(pipe))
+    pixels = ((rgb.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    image = Image.fromarray(np.concatenate(list(pixels), axis=1))
+    return image.resize((image.width * upscale, image.height * upscale), Image.Resampling.BILINEAR)
