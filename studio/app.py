@@ -11,7 +11,7 @@ log = logging.getLogger(__name__)
 def build_app(ctx) -> Any:
     import gradio as gr
 
-    from studio import dataset_tab, live_action_tab, manga_tab, system_tab, training_tab
+    from studio import animation_tab, dataset_tab, live_action_tab, manga_tab, system_tab, training_tab
     from studio.header import render_header
 
     with gr.Blocks(title="Inkframe Studio", analytics_enabled=False, fill_width=True) as demo:
@@ -20,7 +20,8 @@ def build_app(ctx) -> Any:
         header = gr.HTML(render_header(None), elem_id="ink-header-block")
         with gr.Tabs(elem_id="ink-tabs") as tabs:
             manga = manga_tab.build(ctx)
-            live_action_tab.build(ctx, manga)
+            live_action = live_action_tab.build(ctx, manga)
+            animation_tab.build(ctx, manga, live_action)
             dataset_tab.build(ctx)
             training = training_tab.build(ctx)
             system = system_tab.build(ctx, header)
