@@ -23,7 +23,7 @@ BENCH = Path(__file__).resolve().parent
 BENCHMARKS = ("bench_pool_swap", "bench_from_pipe", "bench_engine_overhead", "bench_startup", "bench_model_load",
               "bench_text_encoder", "bench_sd15_generate",
               "bench_sd15_reference", "bench_manga_page", "bench_manga_cbz", "bench_live_action",
-              "bench_live_action_swap")
+              "bench_live_action_swap", "bench_animation", "bench_animation_swap")
 RATIO_LINE = re.compile(r"^RATIO (?P<name>\S+) = (?P<ratio>\S+)x \((?P<target>[^)]*)\)\s*$", re.MULTILINE)
 
 

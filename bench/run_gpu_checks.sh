@@ -3,18 +3,19 @@
 # artist's PC): the gpu-marked tests, then the GPU benchmarks in fp16 under --vram-limit 6, the
 # smallest card the studio is built for. Steps run most valuable first and share one deadline, so
 # a slow machine still reports the first ones.
-#   bench/run_gpu_checks.sh [OUT_DIR] [SECONDS] [GROUPS]   (defaults: bench/results/gpu, 540, "tests sd15 live latent foundation learns")
+#   bench/run_gpu_checks.sh [OUT_DIR] [SECONDS] [GROUPS]   (defaults: bench/results/gpu, 540, "tests sd15 live anim latent foundation learns")
 # GROUPS: tests (the gpu-marked tests, with a latent training run at 512 px whose steps/s and peak VRAM
 # go to OUT_DIR/latent_512.json), sd15 (the SD 1.5 engine at 512x768 under --vram-limit 4 and
 # unconstrained), live (Live-Action: SD 1.5-sized UNet + two ControlNets at 512x768, 30 steps, unconstrained and
-# under --vram-limit 6 and 4), latent (the 512 px latent step vs the 64 px pixel step), foundation (the pool/pipeline benchmarks), learns (Origin's learns-benchmark at 64 px, one variant per step).
+# under --vram-limit 6 and 4), anim (Animation: 16 frames at 512x512, 20 steps, unconstrained and under
+# --vram-limit 6; the Live-Action -> Animation swap), latent (the 512 px latent step vs the 64 px pixel step), foundation (the pool/pipeline benchmarks), learns (Origin's learns-benchmark at 64 px, one variant per step).
 # Writes OUT_DIR/checks.log (everything, RATIO lines at the end) and one JSON per benchmark.
 set -uo pipefail
 cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.."
 
 out="${1:-bench/results/gpu}"
 deadline=$((SECONDS + ${2:-540}))
-groups=" ${3:-tests sd15 live latent foundation learns} "
+groups=" ${3:-tests sd15 live anim latent foundation learns} "
 py="${PYTHON:-python3}"
 log="$out/checks.log"
 mkdir -p "$out"
@@ -42,7 +43,7 @@ step() {  # step NAME MAX_SECONDS COMMAND...: run with the smaller of MAX_SECOND
 } 2>&1 | tee -a "$log"
 
 if [[ $groups == *" tests "* ]]; then
-    step pytest_gpu 240 "$py" -m pytest -m gpu -q -s -p no:cacheprovider tests/test_gpu_placement.py tests/test_gpu_origin.py tests/test_gpu_live_action.py
+    step pytest_gpu 240 "$py" -m pytest -m gpu -q -s -p no:cacheprovider tests/test_gpu_placement.py tests/test_gpu_origin.py tests/test_gpu_live_action.py tests/test_gpu_animation.py
 fi
 if [[ $groups == *" latent "* ]]; then
     step bench_origin_latent 150 "$py" bench/bench_origin_latent.py --device cuda --json "$out/bench_origin_latent.json"
@@ -80,6 +81,17 @@ if [[ $groups == *" live "* ]]; then
     done
     step live_action_swap 120 "$py" bench/bench_live_action_swap.py --device cuda --size sd15 --vram-limit 6 \
         --precision fp16 --quick --json "$out/bench_live_action_swap.json"
+fi
+
+if [[ $groups == *" anim "* ]]; then
+    # Animation: an SD 1.5-sized checkpoint and a v1-5-3-sized motion adapter, 16 frames at 512x512, 20 steps, fp16:
+    # seconds per video and peak VRAM unconstrained and on a 6 GB budget (sd-webui-animatediff documents 5.6 GB).
+    for limit in 70 6; do
+        step "animation_vram$limit" 200 "$py" bench/bench_animation.py --device cuda --size sd15 --picture 512x512 \
+            --frames 16 --vram-limit "$limit" --precision fp16 --repeats 1 --json "$out/bench_animation_vram$limit.json"
+    done
+    step animation_swap 120 "$py" bench/bench_animation_swap.py --device cuda --size sd15 --vram-limit 6 \
+        --precision fp16 --quick --json "$out/bench_animation_swap.json"
 fi
 
 echo "== summary" | tee -a "$log"

@@ -154,3 +154,24 @@ def save_controlnet(pipe: Any, folder: Path, dtype: Any = None, seed: int = 0) -
         net.to(dtype=dtype)
     net.save_pretrained(Path(folder), safe_serialization=True)
     return Path(folder)
+
+
+def build_motion_adapter(pipe: Any, seed: int = 0, max_frames: int = 32) -> Any:
+    """A seeded random-weight AnimateDiff motion adapter for ``pipe``'s UNet (v1-5-3's shapes for ``sd15``:
+    two motion modules per block, no mid block, 8 heads, 32 frames)."""
+    import torch
+    from diffusers import MotionAdapter
+
+    unet = pipe.unet.config
+    torch.manual_seed(seed)
+    return MotionAdapter(block_out_channels=tuple(unet.block_out_channels), motion_layers_per_block=unet.layers_per_block,
+                         motion_num_attention_heads=8, motion_norm_num_groups=unet.norm_num_groups,
+                         motion_max_seq_length=max_frames, use_motion_mid_block=False).eval()
+
+
+def save_motion_adapter(pipe: Any, folder: Path, dtype: Any = None, seed: int = 0) -> Path:
+    adapter = build_motion_adapter(pipe, seed)
+    if dtype is not None:
+        adapter.to(dtype=dtype)
+    adapter.save_pretrained(Path(folder), safe_serialization=True)
+    return Path(folder)

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS = ("bench_pool_swap", "bench_from_pipe", "bench_engine_overhead", "bench_startup", "bench_model_load",
               "bench_text_encoder", "bench_sd15_generate",
               "bench_sd15_reference", "bench_manga_page", "bench_manga_cbz", "bench_live_action",
-              "bench_live_action_swap")
+              "bench_live_action_swap", "bench_animation", "bench_animation_swap")
 
 
 @pytest.mark.parametrize("name", BENCHMARKS)
