@@ -113,6 +113,25 @@ def test_the_motion_unet_shares_every_weight_and_gives_diffusers_pixels(ctx) -> 
         assert all(torch.equal(before[k], v) for k, v in adapter.state_dict().items())
 
 
+def test_the_engine_gives_diffusers_frames(ctx, data_dir: Path) -> None:
+    """Text-to-video with one plain prompt: the engine's frames are raw AnimateDiffPipeline's, pixel for pixel
+    (A1111's conditioning equals CLIP's here, the shared motion UNet equals the copied one, chunks decode alike)."""
+    import torch
+    from diffusers import AnimateDiffPipeline, DDIMScheduler, MotionAdapter
+
+    from engines.animation.animate import MOTION_SCHEDULE
+
+    models = data_dir / "models"
+    adapter = MotionAdapter.from_pretrained(str(models / "tiny-motion"))
+    raw = AnimateDiffPipeline.from_pretrained(str(models / "tiny-anime"), motion_adapter=adapter)
+    raw.scheduler = DDIMScheduler.from_config({**raw.scheduler.config, **MOTION_SCHEDULE})
+    raw.set_progress_bar_config(disable=True)
+    video = raw("ink", negative_prompt="", num_frames=8, height=64, width=64, num_inference_steps=3,
+                guidance_scale=2.0, generator=torch.Generator("cpu").manual_seed(3)).frames[0]
+    expected = np.stack([np.asarray(frame.convert("RGB"), dtype=np.float32) for frame in video])
+    assert np.array_equal(frames_of(ctx), expected)
+
+
 def test_a_single_file_motion_adapter_is_the_folder(ctx) -> None:
     from engines.animation.motion import adapter_config_from_keys, _shapes
 

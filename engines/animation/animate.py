@@ -333,7 +333,7 @@ def decode_frames(pipe: Any, latents: Any, hardware: Any, chunk: int) -> list[An
 
     batch, channels, count, height, width = latents.shape
     flat = latents.permute(0, 2, 1, 3, 4).reshape(batch * count, channels, height, width)
-    flat = flat / pipe.vae.config.scaling_factor
+    flat = 1 / pipe.vae.config.scaling_factor * flat  # as AnimateDiff's own decode writes it: the same rounding
     parts = [hardware.decode_latents(pipe.vae, flat[i:i + chunk].to(pipe.vae.dtype))
              for i in range(0, flat.shape[0], chunk)]
     pixels = torch.cat(parts).float()
