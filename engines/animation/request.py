@@ -141,8 +141,9 @@ def _check_windows(r: AnimationRequest, travel: Any, has_still: bool) -> None:
             f"SparseCtrl runs one window of at most {r.context} frames and one prompt, so {why} cannot use it; "
             "choose the video2video still mode, or fewer frames.")
     if r.free_init and windowed:
-        raise InvalidRequestError("FreeInit works on one window of frames; turn it off for long videos and "
-                                  "prompt travel, or lower the frames to the context window.")
+        raise InvalidRequestError("FreeInit re-draws the noise that FreeNoise's overlapping windows share, so the "
+                                  "two do not combine: turn FreeInit off for long videos and prompt travel, or "
+                                  "lower the frames to the context window.")
     last = travel.keyframes[-1] if travel.keyframes else 0
     if last >= r.frames:
         raise InvalidRequestError(f"The prompt travel names frame {last}, but the video has {r.frames} frames "
