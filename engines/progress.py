@@ -43,12 +43,23 @@ class CancelToken:
 class TqdmProgress:
     """An ``on_step`` that drives a tqdm bar (the CLI's adapter)."""
 
-    def __init__(self, desc: str = "", unit: str = "step", **tqdm_kwargs: Any) -> None:
+    def __init__(self, desc: str = "", unit: str = "step", *, lazy: bool = False, **tqdm_kwargs: Any) -> None:
+        """``lazy``: the bar appears with the first step, so a job refused or failing while it loads prints
+        its one sentence without an empty bar above it."""
+        self._options = dict(desc=desc, unit=unit, **tqdm_kwargs)
+        self._bar: Any = None
+        if not lazy:
+            self._open()
+
+    def _open(self) -> Any:
         from tqdm.auto import tqdm
 
-        self._bar = tqdm(desc=desc, unit=unit, **tqdm_kwargs)
+        self._bar = tqdm(**self._options)
+        return self._bar
 
     def __call__(self, step: int, total: int, message: str = "", preview: Any = None) -> None:
+        if self._bar is None:
+            self._open()
         if total and self._bar.total != total:
             self._bar.total = total
         self._bar.n = step
@@ -57,7 +68,8 @@ class TqdmProgress:
         self._bar.refresh()
 
     def close(self) -> None:
-        self._bar.close()
+        if self._bar is not None:
+            self._bar.close()
 
     def __enter__(self) -> "TqdmProgress":
         return self

@@ -88,22 +88,16 @@ def run(args: argparse.Namespace, settings: MachineSettings) -> int:
     # Everything is checked before the bar appears and before torch loads: a bad flag, still or model is
     # the one line printed.
     plan = check(request, ctx.models)
-    bars: list[TqdmProgress] = []
-
-    def on_step(step: int, total: int, message: str = "", preview: object = None) -> None:
-        if not bars:
-            bars.append(TqdmProgress(desc="Animation"))
-        bars[0](step, total, message, preview)
+    bar = TqdmProgress(desc="Animation", lazy=True)  # appears with the first step
 
     from engines.animation.animate import make_animation
 
     started = time.perf_counter()
     try:
-        result = make_animation(request, ctx.hardware, ctx.models, on_step=on_step, outputs=settings.paths.outputs,
+        result = make_animation(request, ctx.hardware, ctx.models, on_step=bar, outputs=settings.paths.outputs,
                                 plan=plan)
     finally:
-        for bar in bars:
-            bar.close()
+        bar.close()
     print(f"Saved {result.path} ({result.frames} frames at {result.fps} fps, seed {result.seed}) "
           f"and {result.sidecar_path.name} in {time.perf_counter() - started:.1f} s")
     print(result.report.summary())

@@ -114,27 +114,21 @@ def run(args: argparse.Namespace, settings: MachineSettings) -> int:
         check_settings(request, ctx.models)
     else:
         plan = check(request, ctx.models)
-    bars: list[TqdmProgress] = []
-
-    def on_step(step: int, total: int, message: str = "", preview: object = None) -> None:
-        if not bars:
-            bars.append(TqdmProgress(desc="Live-Action"))
-        bars[0](step, total, message, preview)
+    bar = TqdmProgress(desc="Live-Action", lazy=True)  # appears with the first step
 
     started = time.perf_counter()
     try:
         if batch:
             from engines.live_action.batch import run_batch
 
-            result = run_batch(request, args.input_dir, args.output_dir, ctx.hardware, ctx.models, on_step=on_step)
+            result = run_batch(request, args.input_dir, args.output_dir, ctx.hardware, ctx.models, on_step=bar)
         else:
             from engines.live_action.photoreal import make_live_action
 
-            one = make_live_action(request, ctx.hardware, ctx.models, on_step=on_step,
+            one = make_live_action(request, ctx.hardware, ctx.models, on_step=bar,
                                    outputs=settings.paths.outputs, plan=plan)
     finally:
-        for bar in bars:
-            bar.close()
+        bar.close()
     seconds = time.perf_counter() - started
     if not batch:
         print(f"Saved {one.path} (seed {one.seed}) and its report {one.report_path.name}")

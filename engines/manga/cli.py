@@ -166,19 +166,13 @@ def _run_sd15(args: argparse.Namespace, settings: MachineSettings) -> int:
     paths = settings.paths.ensure()
     check(request, Sd15Library(paths.models))  # a mistyped flag or LoRA: one sentence before torch loads
     ctx = build_engine_context(settings)
-    bars: list[TqdmProgress] = []
-
-    def on_step(step: int, total: int, message: str = "", preview: object = None) -> None:
-        if not bars:
-            bars.append(TqdmProgress(desc="Generating"))
-        bars[0](step, total, message, preview)
+    bar = TqdmProgress(desc="Generating", lazy=True)  # appears with the first step
 
     started = time.perf_counter()
     try:
-        result = generate(request, ctx.hardware, ctx.models, on_step=on_step, outputs=paths.outputs)
+        result = generate(request, ctx.hardware, ctx.models, on_step=bar, outputs=paths.outputs)
     finally:
-        for bar in bars:
-            bar.close()
+        bar.close()
     for picture in result.pictures:
         print(f"Saved {picture.path} (seed {picture.seed})")
     print(f"{len(result.pictures)} picture(s) in {time.perf_counter() - started:.1f} s")

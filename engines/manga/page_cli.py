@@ -81,19 +81,13 @@ def run(args: argparse.Namespace, settings: MachineSettings) -> int:
     from engines.manga.page_request import make_page
     from engines.progress import TqdmProgress
 
-    bars: list[TqdmProgress] = []  # made on the first step: a page of pictures only has no bar
-
-    def on_step(step: int, total: int, message: str = "", preview: object = None) -> None:
-        if not bars:
-            bars.append(TqdmProgress(desc="Drawing panels"))
-        bars[0](step, total, message, preview)
+    bar = TqdmProgress(desc="Drawing panels", lazy=True)  # with the first step: a page of pictures only has no bar
 
     try:
-        result = make_page(request_from_args(args), build_engine_context(settings), args.output, on_step=on_step,
+        result = make_page(request_from_args(args), build_engine_context(settings), args.output, on_step=bar,
                            fonts=FontBook([settings.paths.root / "fonts"]))
     finally:
-        for bar in bars:
-            bar.close()
+        bar.close()
     width, height = result.size
     print(f"Saved {result.output} ({width}x{height} px at {result.spec.dpi} DPI); project: {result.folder}")
     return 0

@@ -52,19 +52,12 @@ def run(args: argparse.Namespace, settings: MachineSettings) -> int:
     ctx = build_engine_context(settings)
     request = build_request(args, ctx.settings.paths.outputs)
     check(request)
-    bars: list[TqdmProgress] = []
-
-    def on_step(step: int, total: int, message: str = "", preview: object = None) -> None:
-        # The bar appears with the first step, so an error while loading stays one clean line.
-        if not bars:
-            bars.append(TqdmProgress(desc="Generating"))
-        bars[0](step, total, message, preview)
+    bar = TqdmProgress(desc="Generating", lazy=True)  # appears with the first step
 
     try:
-        result = generate(request, ctx.hardware, on_step=on_step, store=ctx.models)
+        result = generate(request, ctx.hardware, on_step=bar, store=ctx.models)
     finally:
-        for bar in bars:
-            bar.close()
+        bar.close()
     p = result.parameters
     print(f"Saved {result.path} ({p['width']}x{p['height']}, seed {p['seed']}, {p['upscaler']} upscale) "
           f"in {result.seconds:.1f} s")
