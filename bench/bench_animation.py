@@ -16,7 +16,6 @@ engine's frame 0 must equal the raw run's, or it exits 1. Loading is outside bot
 from __future__ import annotations
 
 import os
-import statistics
 import sys
 from pathlib import Path
 
@@ -114,27 +113,16 @@ def main(argv: list[str] | None = None) -> int:
             result = make_animation(request, hw, store, outputs=Path(tmp) / "out")
             return np.asarray(Image.open(result.first_frame).convert("RGB"))
 
-        paths = {"raw": lambda: harness.in_fresh_thread(raw_call),
-                 "engine": lambda: harness.in_fresh_thread(engine_call)}
-        reference = paths["raw"]()
-        same = [np.array_equal(paths["engine"](), reference)]  # the first engine call loads: not timed
-        samples, peaks, checks = harness.alternate(paths, runs, cuda=cuda, peak=peak,
-                                                   same=lambda pixels: np.array_equal(pixels, reference))
-        same += checks
+        timing = harness.engine_vs_raw(raw_call, engine_call, runs, cuda=cuda, peak=peak)
 
         report = harness.Report(NAME, "an Animation video through the engine vs raw diffusers", TARGET, args)
         report.info = harness.environment(args, hw, size=args.size, pipeline_mib=round(size / 2**20, 1),
                                           picture=f"{width}x{height}", frames=frames, steps=n_steps)
-        raw_row = report.add("raw diffusers: AnimateDiffPipeline + MP4", samples["raw"],
-                             peak_vram=harness.max_known(peaks["raw"]))
-        engine_row = report.add("engine: make_animation() + MP4, frame 0, sidecar, score", samples["engine"],
-                                peak_vram=harness.max_known(peaks["engine"]))
-        paired = statistics.median(e / r for e, r in zip(samples["engine"], samples["raw"]))
-        report.metrics["median_paired_ratio"] = paired
-        report.note(f"Median of the per-repeat ratios engine/raw: {paired:.3f}x.")
+        engine_row, raw_row = timing.rows(report, "raw diffusers: AnimateDiffPipeline + MP4",
+                                          "engine: make_animation() + MP4, frame 0, sidecar, score")
         report.note("The engine also checks the request, scores the frames' consistency and writes frame 0 and the "
                     "sidecar JSON; the raw path holds its own copy of the UNet (from_unet2d), the engine none.")
-        report.check(f"identical frame 0 in all {len(same)} engine runs", all(same))
+        report.check(f"identical frame 0 in all {len(timing.same)} engine runs", all(timing.same))
         hw.close()
         return report.finish(engine_row, raw_row)
 

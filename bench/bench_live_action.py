@@ -18,7 +18,6 @@ taken), as the studio's defaults; 4 with --quick.
 from __future__ import annotations
 
 import os
-import statistics
 import sys
 from pathlib import Path
 
@@ -136,27 +135,16 @@ def main(argv: list[str] | None = None) -> int:
             result = make_live_action(request, hw, store, outputs=Path(tmp) / "out")
             return np.asarray(Image.open(result.path).convert("RGB"))
 
-        paths = {"raw": lambda: harness.in_fresh_thread(raw_call),
-                 "engine": lambda: harness.in_fresh_thread(engine_call)}
-        reference = paths["raw"]()
-        same = [np.array_equal(paths["engine"](), reference)]  # the first engine call loads: not timed
-        samples, peaks, checks = harness.alternate(paths, runs, cuda=cuda, peak=peak,
-                                                   same=lambda pixels: np.array_equal(pixels, reference))
-        same += checks
+        timing = harness.engine_vs_raw(raw_call, engine_call, runs, cuda=cuda, peak=peak)
 
         report = harness.Report(NAME, "a Live-Action picture through the engine vs raw diffusers", TARGET, args)
         report.info = harness.environment(args, hw, size=args.size, pipeline_mib=round(size / 2**20, 1),
                                           picture=f"{width}x{height}", steps=n_steps, strength=STRENGTH)
-        raw_row = report.add("raw diffusers: ControlNet img2img + PNG", samples["raw"],
-                             peak_vram=harness.max_known(peaks["raw"]))
-        engine_row = report.add("engine: make_live_action() + PNG, report, maps", samples["engine"],
-                                peak_vram=harness.max_known(peaks["engine"]))
-        paired = statistics.median(e / r for e, r in zip(samples["engine"], samples["raw"]))
-        report.metrics["median_paired_ratio"] = paired
-        report.note(f"Median of the per-repeat ratios engine/raw: {paired:.3f}x.")
+        engine_row, raw_row = timing.rows(report, "raw diffusers: ControlNet img2img + PNG",
+                                          "engine: make_live_action() + PNG, report, maps")
         report.note("The engine also reads and checks the picture, analyses the background, computes the realism "
                     "report and writes the JSON report and both maps; the raw path does none of that.")
-        report.check(f"identical pixels in all {len(same)} engine runs", all(same))
+        report.check(f"identical pixels in all {len(timing.same)} engine runs", all(timing.same))
         hw.close()
         return report.finish(engine_row, raw_row)
 

@@ -16,7 +16,6 @@ as the issue's GPU benchmark does (4 with --quick).
 from __future__ import annotations
 
 import os
-import statistics
 import sys
 from pathlib import Path
 
@@ -104,27 +103,16 @@ def main(argv: list[str] | None = None) -> int:
             picture = generate(request, hw, store, outputs=Path(tmp) / "out").pictures[0]
             return np.asarray(Image.open(picture.path).convert("RGB"))
 
-        paths = {"raw": lambda: harness.in_fresh_thread(raw_call),
-                 "engine": lambda: harness.in_fresh_thread(engine_call)}
-        reference = paths["raw"]()
-        same = [np.array_equal(paths["engine"](), reference)]  # the first engine call loads: not timed
-        samples, peaks, checks = harness.alternate(paths, runs, cuda=cuda, peak=peak,
-                                                   same=lambda pixels: np.array_equal(pixels, reference))
-        same += checks
+        timing = harness.engine_vs_raw(raw_call, engine_call, runs, cuda=cuda, peak=peak)
 
         report = harness.Report(NAME, "an SD 1.5 picture through engines.sd15 vs raw diffusers", TARGET, args)
         report.info = harness.environment(args, hw, size=args.size, pipeline_mib=round(size / 2**20, 1),
                                           picture=f"{width}x{height}", steps=n_steps, sampler=request.sampler)
-        raw_row = report.add("raw diffusers: pipe(prompt) + PNG", samples["raw"],
-                             peak_vram=harness.max_known(peaks["raw"]))
-        engine_row = report.add("engine: sd15 generate() + PNG with parameters", samples["engine"],
-                                peak_vram=harness.max_known(peaks["engine"]))
-        paired = statistics.median(e / r for e, r in zip(samples["engine"], samples["raw"]))
-        report.metrics["median_paired_ratio"] = paired
-        report.note(f"Median of the per-repeat ratios engine/raw: {paired:.3f}x.")
+        engine_row, raw_row = timing.rows(report, "raw diffusers: pipe(prompt) + PNG",
+                                          "engine: sd15 generate() + PNG with parameters")
         report.note("The engine also checks the request, hashes the model (cached), fits no LoRA and writes "
                     "two PNG text chunks; the raw path does none of that.")
-        report.check(f"identical pixels in all {len(same)} engine runs", all(same))
+        report.check(f"identical pixels in all {len(timing.same)} engine runs", all(timing.same))
         hw.close()
         return report.finish(engine_row, raw_row)
 

@@ -12,10 +12,12 @@ import argparse
 import logging
 import os
 import platform
+import statistics
 import sys
 import time
 import warnings
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, TypeVar
 
@@ -171,21 +173,44 @@ class PeakVram:
             box["bytes"] = int(torch.cuda.max_memory_allocated())
 
 
-def alternate(paths: dict[str, Callable[[], Any]], runs: int, *, cuda: bool, peak: "PeakVram",
-              same: Callable[[Any], bool]) -> tuple[dict[str, list[float]], dict[str, list], list[bool]]:
-    """Time "raw" and "engine" ``runs`` times each, alternating which goes first (a warm cache or a busy
-    moment favours neither); returns the seconds and the peak VRAM of each, and ``same(result)`` of every run."""
+@dataclass
+class EngineVsRaw:
+    """Seconds and peak VRAM of each path's timed runs, and whether each engine run equalled the raw result."""
+
+    samples: dict[str, list[float]]
+    peaks: dict[str, list]
+    same: list[bool]
+
+    def rows(self, report: Any, raw_label: str, engine_label: str) -> tuple[Any, Any]:
+        """Both rows, and the median of the per-repeat ratios as a metric and a note; returns (engine, raw)."""
+        raw = report.add(raw_label, self.samples["raw"], peak_vram=max_known(self.peaks["raw"]))
+        engine = report.add(engine_label, self.samples["engine"], peak_vram=max_known(self.peaks["engine"]))
+        paired = statistics.median(e / r for e, r in zip(self.samples["engine"], self.samples["raw"]))
+        report.metrics["median_paired_ratio"] = paired
+        report.note(f"Median of the per-repeat ratios engine/raw: {paired:.3f}x.")
+        return engine, raw
+
+
+def engine_vs_raw(raw_call: Callable[[], Any], engine_call: Callable[[], Any], runs: int, *, cuda: bool,
+                  peak: "PeakVram") -> EngineVsRaw:
+    """Time an engine call against raw diffusers, each in a fresh thread as jobs run: raw once for the reference
+    result, the engine once untimed (it loads), then ``runs`` of each, alternating which goes first (a warm cache
+    or a busy moment favours neither). Every engine result, the untimed one too, is compared with the reference."""
+    import numpy as np
+
+    paths = {"raw": lambda: in_fresh_thread(raw_call), "engine": lambda: in_fresh_thread(engine_call)}
+    reference = paths["raw"]()
+    same = [bool(np.array_equal(paths["engine"](), reference))]
     samples: dict[str, list[float]] = {"raw": [], "engine": []}
     peaks: dict[str, list] = {"raw": [], "engine": []}
-    checks: list[bool] = []
     for i in range(runs):
         for which in (("raw", "engine") if i % 2 == 0 else ("engine", "raw")):
             with peak.phase() as p:
                 seconds, result = timed(paths[which], cuda=cuda)
             samples[which].append(seconds)
             peaks[which].append(p["bytes"])
-            checks.append(same(result))
-    return samples, peaks, checks
+            same.append(bool(np.array_equal(result, reference)))
+    return EngineVsRaw(samples, peaks, same)
 
 
 def vram_line(hw: Any, stage: str) -> None:
