@@ -20,7 +20,7 @@ from studio.animation_view import (DEFAULT_FORMAT, FORMAT_NAMES, RANDOM_SEED, SA
                                    read_sidecar, request_from_values, sd_checkpoint, shown_result,
                                    summary_html, values_from_sidecar, video_of)
 from studio.queue import GPU_QUEUE
-from studio.widgets import gallery_path
+from studio.widgets import gallery_caption, gallery_path, selected_item
 
 PREVIEW_EVERY = 2  # steps between live previews
 JOB = "animation"
@@ -188,9 +188,8 @@ def build(ctx, manga: Optional[dict[str, Any]] = None,
             state["cancel"].cancel()
 
     def select_handler(items: Any, event: gr.SelectData):
-        index = event.index if isinstance(event.index, int) else (event.index or [0])[0]
-        item = items[index] if items and 0 <= index < len(items) else None
-        caption = item[1] if isinstance(item, (list, tuple)) and len(item) > 1 else None
+        item = selected_item(items, event.index)
+        caption = gallery_caption(item)
         # The video beside its sidecar; the gallery's own file is a cached copy of the first frame.
         video = history_video(paths.outputs, caption) or video_of(gallery_path(item))
         if video is None or not Path(video).is_file():

@@ -18,7 +18,7 @@ from engines.dataset.request import CollectRequest, NetworkSettings, QualityThre
 from engines.dataset.sources import DEFAULT_HF_DATASET, SOURCES
 from engines.errors import StudioError
 from engines.progress import CancelToken
-from studio.widgets import progress_gauge
+from studio.widgets import progress_gauge, selected_index
 
 GALLERY_SIZE = 60
 GALLERY_EVERY_S = 2.0
@@ -275,7 +275,7 @@ def build(ctx) -> dict[str, Any]:
             session_state["cancel"].cancel()
 
     def select_handler(stem_list: list[str], event: gr.SelectData):
-        index = event.index if isinstance(event.index, int) else (event.index or [0])[0]
+        index = selected_index(event.index)
         if not 0 <= index < len(stem_list):
             return "Nothing selected.", None
         return f"Selected **{stem_list[index]}**: press Remove to take it out of the dataset.", stem_list[index]

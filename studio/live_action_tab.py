@@ -18,7 +18,7 @@ from studio.live_action_view import (OUTPUT_FOLDER, RANDOM_SEED, SAMPLER_NAMES, 
                                      history, history_file, model_choices, progress_html, read_report,
                                      request_from_values, shown_result, summary_html, values_from_report)
 from studio.queue import GPU_QUEUE
-from studio.widgets import gallery_path
+from studio.widgets import gallery_caption, gallery_path, selected_item
 
 PREVIEW_EVERY = 2  # steps between live previews
 JOB = "live-action"
@@ -303,9 +303,8 @@ def build(ctx, manga: Optional[dict[str, Any]] = None) -> dict[str, Any]:
             state[key].cancel()
 
     def select_handler(items: Any, event: gr.SelectData):
-        index = event.index if isinstance(event.index, int) else (event.index or [0])[0]
-        item = items[index] if items and 0 <= index < len(items) else None
-        caption = item[1] if isinstance(item, (list, tuple)) and len(item) > 1 else None
+        item = selected_item(items, event.index)
+        caption = gallery_caption(item)
         # The original beside its report and maps; the gallery's own file is a cached copy.
         picture = history_file(paths.outputs, caption) or gallery_path(item)
         if picture is None:

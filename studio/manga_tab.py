@@ -16,7 +16,7 @@ from studio.manga_view import (RANDOM_SEED, SD_SAMPLERS, SIZE_PRESETS, embedding
                                progress_html, request_from_values, with_lora, with_word)
 from studio import pages_section
 from studio.queue import GPU_QUEUE
-from studio.widgets import gallery_path
+from studio.widgets import gallery_path, selected_item
 
 PREVIEW_EVERY = 2  # steps between live previews
 ORIGIN_SAMPLERS = ("ddim", "dpm++", "euler_a", "ddpm")
@@ -202,8 +202,7 @@ def build(ctx) -> dict[str, Any]:
             state["cancel"].cancel()
 
     def select_handler(items: Any, event: gr.SelectData):
-        index = event.index if isinstance(event.index, int) else (event.index or [0])[0]
-        item = items[index] if items and 0 <= index < len(items) else None
+        item = selected_item(items, event.index)
         path = gallery_path(item)
         return path, parameters_text(path) if path else ""
 

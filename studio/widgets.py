@@ -62,6 +62,22 @@ def progress_gauge(bar_id: str, label: str, done: int, of: int, message: str = "
     )
 
 
+def selected_index(index: Any) -> int:
+    """A gallery's ``SelectData.index`` as one number: gradio gives an int, or [row, column] for a grid."""
+    return index if isinstance(index, int) else (index or [0])[0]
+
+
+def selected_item(items: Any, index: Any) -> Any:
+    """The gallery value picked at ``SelectData.index``, or None when the click fell outside the items."""
+    position = selected_index(index)
+    return items[position] if items and 0 <= position < len(items) else None
+
+
+def gallery_caption(item: Any) -> Optional[str]:
+    """A gallery value's caption ((file, caption) pairs), or None."""
+    return item[1] if isinstance(item, (list, tuple)) and len(item) > 1 else None
+
+
 def gallery_path(item: Any) -> Optional[str]:
     """A gallery value's file: gradio 6 gives (file, caption) pairs or dicts with an image's path."""
     if item is None:
