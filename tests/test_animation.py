@@ -23,7 +23,7 @@ from engines.hardware import HardwareManager
 from engines.models import ModelStore
 from engines.progress import CancelToken
 from engines.settings import MachineSettings
-from tiny_models import save_tiny_ip_adapter
+from tiny_models import cpu_engines, save_tiny_ip_adapter
 
 QUICK = dict(base_model="tiny-anime", vae="", motion_adapter="tiny-motion", steps=3, cfg=2.0, seed=3, width=64,
              height=64, frames=8, prompt="ink", negative="", clip_skip=1)
@@ -58,9 +58,7 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory, tiny_sd_dir: Path) -> Pat
 
 @pytest.fixture(scope="module")
 def ctx(data_dir: Path):
-    settings = MachineSettings(data_dir=data_dir, cpu=True, offline=True)
-    hardware = HardwareManager(settings, device_budget_bytes=2**30, host_budget_bytes=2**30)
-    return hardware, ModelStore(data_dir / "models", offline=True)
+    return cpu_engines(data_dir)
 
 
 def frames_of(ctx, **changes) -> np.ndarray:

@@ -17,17 +17,14 @@ from PIL import Image
 
 from app import main as app_main
 from engines.errors import Cancelled, InvalidRequestError
-from engines.hardware import HardwareManager
 from engines.live_action.batch import run_batch
 from engines.live_action.photoreal import make_live_action
 from engines.live_action.request import LiveActionRequest, check
 from engines.live_action.source import read_source
-from engines.models import ModelStore
 from engines.progress import CancelToken
-from engines.settings import MachineSettings
 from engines.sd15.png_params import read_png_parameters
 from live_action_models import save_tiny_controlnet, save_tiny_depth_model, save_tiny_pose_model
-from tiny_models import save_tiny_ip_adapter
+from tiny_models import cpu_engines, save_tiny_ip_adapter
 
 QUICK = dict(base_model="tiny-real", vae="", controlnet_depth="cn-depth", controlnet_pose="cn-pose",
              depth_model="depth-est", pose_model="pose-est", steps=4, strength=0.5, cfg=2.0, sampler="DDIM",
@@ -74,9 +71,7 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory, tiny_sd_dir: Path) -> Pat
 
 @pytest.fixture(scope="module")
 def ctx(data_dir: Path):
-    settings = MachineSettings(data_dir=data_dir, cpu=True, offline=True)
-    hardware = HardwareManager(settings, device_budget_bytes=2**30, host_budget_bytes=2**30)
-    return hardware, ModelStore(data_dir / "models", offline=True)
+    return cpu_engines(data_dir)
 
 
 def make(ctx, tmp_path: Path, image: Path, **changes):

@@ -13,7 +13,6 @@ import torch
 from PIL import Image
 
 from engines.errors import InvalidRequestError, ModelNotFoundError
-from engines.hardware import HardwareManager
 from engines.live_action.depth import estimate_depth, register_depth_model
 from engines.live_action.openpose_draw import COLOURS
 from engines.live_action.pose import (
@@ -28,13 +27,13 @@ from engines.live_action.pose import (
     render_openpose,
 )
 from engines.models import ModelStore
-from engines.settings import MachineSettings
 from live_action_models import (
     save_tiny_controlnet,
     save_tiny_controlnet_single_file,
     save_tiny_depth_model,
     save_tiny_pose_model,
 )
+from tiny_models import cpu_engines
 
 
 @pytest.fixture(scope="module")
@@ -47,9 +46,7 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def ctx(data_dir: Path):
-    settings = MachineSettings(data_dir=data_dir, cpu=True, offline=True)
-    hardware = HardwareManager(settings, device_budget_bytes=2**30, host_budget_bytes=2**30)
-    return hardware, ModelStore(data_dir / "models", offline=True)
+    return cpu_engines(data_dir)
 
 
 def noise(width: int, height: int, seed: int = 0) -> Image.Image:

@@ -19,7 +19,7 @@ from engines.settings import MachineSettings
 from engines.sd15.png_params import read_png_parameters
 from engines.sd15.request import Sd15Request
 from engines.sd15.txt2img import generate
-from tiny_models import save_tiny_embedding, save_tiny_ip_adapter, save_tiny_kohya_lora, save_tiny_vae
+from tiny_models import cpu_engines, save_tiny_embedding, save_tiny_ip_adapter, save_tiny_kohya_lora, save_tiny_vae
 
 BASE = "stable-diffusion-v1-5--stable-diffusion-v1-5"  # where a single file finds its base model's configs
 QUICK = dict(steps=2, cfg=2.0, width=64, height=64, sampler="DDIM", clip_skip=1, seed=5)
@@ -45,9 +45,7 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory, tiny_sd_dir: Path, tiny_s
 
 @pytest.fixture(scope="module")
 def ctx(data_dir: Path):
-    settings = MachineSettings(data_dir=data_dir, cpu=True, offline=True)
-    hardware = HardwareManager(settings, device_budget_bytes=2**30, host_budget_bytes=2**30)
-    return hardware, ModelStore(data_dir / "models", offline=True)
+    return cpu_engines(data_dir)
 
 
 def make(ctx, tmp_path: Path, **changes):

@@ -474,3 +474,15 @@ def _plus_image_proj(embed_dims: int, output_dims: int, generator, hidden_dims: 
         if isinstance(halves, dict):
             state[key] = torch.cat([halves["k"], halves["v"]], dim=0)
     return {f"image_proj.{k}": v.contiguous() for k, v in state.items()}
+
+
+def cpu_engines(data_dir: Path, device_budget: int = 2**30, host_budget: int = 2**30):
+    """A HardwareManager on the CPU with a fake budget and an offline ModelStore over ``data_dir/models``:
+    what an engine test hands the engine (``hardware, store``)."""
+    from engines.hardware import HardwareManager
+    from engines.models import ModelStore
+    from engines.settings import MachineSettings
+
+    settings = MachineSettings(data_dir=data_dir, cpu=True, offline=True)
+    hardware = HardwareManager(settings, device_budget_bytes=device_budget, host_budget_bytes=host_budget)
+    return hardware, ModelStore(Path(data_dir) / "models", offline=True)
