@@ -16,7 +16,8 @@ from typing import Any, Optional
 
 from engines.animation.output import FIRST_FRAME, OUTPUT_FOLDER
 from engines.animation.output import new_video_path, sidecar_path_for
-from engines.animation.request import DEFAULT_SAMPLER, FORMATS, AnimationRequest
+from engines.animation.request import DEFAULT_SAMPLER, AnimationRequest
+from engines.animation.video_io import VIDEO_FORMATS as FORMATS
 from engines.sd15.library import Sd15Library
 from engines.sd15.samplers import SAMPLERS
 from studio.widgets import progress_gauge

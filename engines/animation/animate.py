@@ -130,6 +130,7 @@ def ensure_models(plan: AnimationPlan, hardware: Any, store: ModelStore, on_step
                   cancel: Optional[CancelToken] = None) -> dict[str, str]:
     """Download what is missing, then register every model in the pool; returns kind -> pool name."""
     from engines.animation.motion import frame_limit, register_motion_adapter, register_sparsectrl
+    from engines.animation.motion import pool_name as motion_pool_name
     from engines.sd15.checkpoint import Sd15Models
 
     r, sd = plan.request, plan.sd
@@ -151,10 +152,14 @@ def ensure_models(plan: AnimationPlan, hardware: Any, store: ModelStore, on_step
         raise InvalidRequestError(f"This motion adapter makes at most {limit} frames in one window; "
                                   f"use a context window below {r.frames} so FreeNoise joins several.")
     names = {"base": Sd15Models(hardware, store).ensure(sd.checkpoint, on_step, cancel)}
-    with hardware.use(names["base"]) as base:  # a single file's config comes from this UNet
-        groups = int(base.unet.config.norm_num_groups)
+    adapter, groups = r.motion_adapter.strip(), 32  # SD 1.5's norm groups, which a folder's config states
+    if not hardware.is_registered(motion_pool_name(adapter)) and store.resolve(adapter).kind == "single_file":
+        # A single file does not record them: they are the checkpoint UNet's. Read only then, so the
+        # checkpoint is not activated ahead of the adapter (the job places the smaller models first).
+        with hardware.use(names["base"]) as base:
+            groups = int(base.unet.config.norm_num_groups)
     on_step(0, 1, "Loading the motion adapter")
-    names["motion"] = register_motion_adapter(hardware, store, r.motion_adapter.strip(), groups)
+    names["motion"] = register_motion_adapter(hardware, store, adapter, groups)
     if sparse:
         on_step(0, 1, "Loading SparseCtrl")
         names["sparsectrl"] = register_sparsectrl(hardware, store, r.sparsectrl_model.strip())

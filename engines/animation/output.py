@@ -37,7 +37,7 @@ class SavedAnimation:
 def new_video_path(outputs: Path, suffix: str, seed: Optional[int], now: Optional[datetime] = None) -> Path:
     """Where a new video goes: outputs/animation/<date>/<time>-<seed><suffix> (<time><suffix> without a seed),
     never the name of a video, sidecar or first frame that exists: ``-2``, ``-3``... are added."""
-    from engines.animation.request import FORMATS
+    from engines.animation.video_io import VIDEO_FORMATS as FORMATS
 
     now = now or datetime.now()
     folder = Path(outputs) / OUTPUT_FOLDER / now.strftime("%Y-%m-%d")

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from engines.animation.video_io import LOOPS, VIDEO_FORMATS as FORMATS
+from engines.animation.video_io import LOOPS
 from engines.errors import InvalidRequestError
 from engines.sd15.request import check_number, check_whole
 
@@ -88,12 +88,16 @@ class AnimationPlan:
 
     @property
     def windowed(self) -> bool:
-        """FreeNoise runs: more frames than one window, or prompts that travel over the frames."""
-        return self.request.frames > self.request.context or len(self.travel.keyframes) > 1
+        return windowed(self.request, self.travel)
 
     @property
     def output_suffix(self) -> str:
         return Path(self.request.output).suffix.lower() if self.request.output else ".mp4"
+
+
+def windowed(request: AnimationRequest, travel: Any) -> bool:
+    """FreeNoise runs: more frames than one window, or prompts that travel over the frames."""
+    return request.frames > request.context or len(travel.keyframes) > 1
 
 
 def _check_numbers(r: AnimationRequest) -> None:
@@ -134,13 +138,13 @@ def _check_numbers(r: AnimationRequest) -> None:
 
 def _check_windows(r: AnimationRequest, travel: Any, has_still: bool) -> None:
     """What FreeNoise and SparseCtrl allow, said before anything loads."""
-    windowed = r.frames > r.context or len(travel.keyframes) > 1
-    if has_still and r.still_mode == "sparsectrl" and windowed:
+    long = windowed(r, travel)
+    if has_still and r.still_mode == "sparsectrl" and long:
         why = "prompt travel" if len(travel.keyframes) > 1 else f"{r.frames} frames"
         raise InvalidRequestError(
             f"SparseCtrl runs one window of at most {r.context} frames and one prompt, so {why} cannot use it; "
             "choose the video2video still mode, or fewer frames.")
-    if r.free_init and windowed:
+    if r.free_init and long:
         raise InvalidRequestError("FreeInit re-draws the noise that FreeNoise's overlapping windows share, so the "
                                   "two do not combine: turn FreeInit off for long videos and prompt travel, or "
                                   "lower the frames to the context window.")
