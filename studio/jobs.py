@@ -78,23 +78,49 @@ class JobRunner:
 
         worker = threading.Thread(target=work, name=f"job-{job}", daemon=True)
         worker.start()
-        while True:
-            event = events.get()
+        finished = False
+        try:
+            while True:
+                event = events.get()
+                if event.kind == "progress":
+                    # Drop stale progress so a slow browser never lags behind the engine.
+                    while not events.empty():
+                        nxt = events.queue[0]
+                        if nxt.kind != "progress":
+                            break
+                        event = events.get()
+                    with lock:
+                        preview, latest_preview[0] = latest_preview[0], None
+                    if preview is not None:
+                        event = JobEvent("progress", event.step, event.total, event.message, preview)
+                finished = event.kind != "progress"
+                yield event
+                if finished:
+                    worker.join()
+                    return
+        finally:
+            if not finished:
+                # Nobody reads the events any more (the tab was closed, the client went away, gradio
+                # cancelled the event): the engine stops at its next step and the GPU lock is freed.
+                cancel.cancel()
+
+    def updates(self, job: str, call: EngineCall, shape: Callable[[Any], Any] = lambda result: result, *,
+                uses_gpu: bool = True) -> Iterator[Any]:
+        """An API endpoint's job: ``{"progress", "total", "message"}`` while it runs, then ``shape(result)``.
+
+        A generator, so that gradio closes it when the API client cancels or goes away; ``stream`` then
+        cancels the job, which stops at its next step and frees the GPU. (A plain function would run to its
+        end in gradio's thread whatever the client did.) gradio_client's ``predict`` returns the last value.
+        """
+        for event in self.stream(job, call, uses_gpu=uses_gpu):
             if event.kind == "progress":
-                # Drop stale progress so a slow browser never lags behind the engine.
-                while not events.empty():
-                    nxt = events.queue[0]
-                    if nxt.kind != "progress":
-                        break
-                    event = events.get()
-                with lock:
-                    preview, latest_preview[0] = latest_preview[0], None
-                if preview is not None:
-                    event = JobEvent("progress", event.step, event.total, event.message, preview)
-            yield event
-            if event.kind != "progress":
-                worker.join()
-                return
+                yield {"progress": event.step, "total": event.total, "message": event.message}
+            elif event.kind == "result":
+                yield shape(event.result)
+            elif event.kind == "cancelled":
+                raise Cancelled(event.message)
+            else:
+                raise StudioError(event.error)
 
     def run(self, job: str, call: EngineCall, cancel: Optional[CancelToken] = None,
             on_event: Callable[[JobEvent], None] = lambda e: None, *, uses_gpu: bool = True) -> Any:

@@ -9,7 +9,7 @@ from engines.errors import StudioError
 from engines.progress import CancelToken
 from studio.progress import GradioProgress
 from studio.queue import GPU_QUEUE
-from studio.widgets import fmt_bytes, gauge
+from studio.widgets import fmt_bytes, gauge, gradio_hints
 
 TIER_LABEL = {"device": "GPU", "host": "CPU RAM", "unloaded": "unloaded"}
 POOL_HEADERS = ["Model", "Where", "Placement", "Size", "Shared", "On device", "Last used"]
@@ -91,17 +91,19 @@ def build(ctx, header) -> dict[str, Any]:
         gr.Markdown("### Model pool")
         pool = gr.Dataframe(headers=POOL_HEADERS, value=[], interactive=False, wrap=True,
                             elem_id="system-pool")
-        with gr.Row():
+        # What changes the machine (unload, budget, the device check) and the folders' paths are the
+        # owner's: in demo mode a visitor's page hides them (studio/app.py) and the handlers refuse.
+        with gr.Row() as pool_controls:
             model = gr.Dropdown(label="Model", choices=[], value=None, scale=3, elem_id="system-model")
-            to_ram = gr.Button("Move to RAM", scale=1)
-            unload = gr.Button("Unload", scale=1, variant="stop")
-            unload_all = gr.Button("Unload all", scale=1)
+            to_ram = gr.Button("Move to RAM", scale=1, elem_id="system-to-ram")
+            unload = gr.Button("Unload", scale=1, variant="stop", elem_id="system-unload")
+            unload_all = gr.Button("Unload all", scale=1, elem_id="system-unload-all")
         status = gr.Markdown(elem_id="system-status")
-        with gr.Row():
+        with gr.Row() as check_row:
             check = gr.Button("Check device speed", elem_id="system-check")
             stop_check = gr.Button("Stop", size="sm", scale=0)
             check_result = gr.Markdown(elem_id="system-check-result")
-        with gr.Accordion("Memory budget", open=False):
+        with gr.Accordion("Memory budget", open=False, elem_id="system-budget") as budget_box:
             gr.Markdown("0 means automatic: the card's memory minus a reserve for the system and "
                         "room for activations. Lower it if other programs need the GPU.")
             with gr.Row():
@@ -109,7 +111,7 @@ def build(ctx, header) -> dict[str, Any]:
                 ram = gr.Number(label="RAM limit for offloaded models (GB)",
                                 value=ctx.settings.ram_limit_gb or 0, minimum=0)
                 apply_budget = gr.Button("Apply budget", variant="primary")
-        with gr.Accordion("Folders", open=False):
+        with gr.Accordion("Folders", open=False, elem_id="system-folders") as folders_box:
             gr.Dataframe(headers=["Folder", "Path"], interactive=False,
                          value=[[k, str(v)] for k, v in ctx.settings.paths.all().items()])
         with gr.Accordion("Activity and raw telemetry", open=False):
@@ -119,7 +121,7 @@ def build(ctx, header) -> dict[str, Any]:
         timer = gr.Timer(2.0)
         # A fresh dict per browser session holds that session's cancel token. Created inside the
         # Tab: a State directly under gr.Tabs shows up as a phantom tab button.
-        session = gr.State(dict)
+        session = gr.State({})
 
     live = [header, device, gauges, pool, model, events]
 
@@ -132,8 +134,9 @@ def build(ctx, header) -> dict[str, Any]:
     def telemetry_json():
         return ctx.hardware.telemetry().as_dict()
 
-    def act(action, name):
+    def act(action, name, request: Any):
         try:
+            ctx.access.require_owner(request, "unload or move models")
             if action == "all":
                 reports = ctx.hardware.unload_all()
                 message = f"Unloaded {len(reports)} model(s)."
@@ -151,17 +154,22 @@ def build(ctx, header) -> dict[str, Any]:
             raise gr.Error(str(error)) from error
         return (message, *refresh_view(None))
 
-    def apply(vram_gb, ram_gb):
+    def apply(vram_gb, ram_gb, request: gr.Request):
         try:
+            ctx.access.require_owner(request, "change the memory budget")
             budget = ctx.hardware.set_limits(vram_gb or None, ram_gb or None)
         except StudioError as error:
             raise gr.Error(str(error)) from error
         return (f"Budget applied: {fmt_bytes(budget.models)} for models ({budget.source}).",
                 *refresh_view(None))
 
-    def device_check(session, progress=gr.Progress()):
+    def device_check(session, request: gr.Request, progress=gr.Progress()):
         from engines.hardware.speed_check import run_device_check
 
+        try:
+            ctx.access.require_owner(request, "run the device check")
+        except StudioError as error:
+            raise gr.Error(str(error)) from error
         cancel = session["cancel"] = CancelToken()
         bar = GradioProgress(progress)
         for event in ctx.jobs.stream("device check", lambda on_step, c: run_device_check(
@@ -179,15 +187,26 @@ def build(ctx, header) -> dict[str, Any]:
         if session.get("cancel") is not None:
             session["cancel"].cancel()
 
+    def move_to_ram(name, request: gr.Request):
+        return act("ram", name, request)
+
+    def unload_one(name, request: gr.Request):
+        return act("one", name, request)
+
+    def unload_every(request: gr.Request):
+        return act("all", None, request)
+
+    gradio_hints(apply, device_check, move_to_ram, unload_one, unload_every)
+    private = {"api_visibility": "private"}
     # Stop skips the queue so it is not stuck behind the job it stops.
-    check.click(device_check, inputs=session, outputs=check_result, api_name="device_check", **GPU_QUEUE)
-    stop_check.click(stop, inputs=session, queue=False, api_visibility="private")
-    timer.tick(refresh_view, inputs=[model], outputs=live, show_progress="hidden",
-               api_visibility="private", queue=False)
-    refresh.click(telemetry_json, outputs=raw, api_name="telemetry")
-    to_ram.click(lambda n: act("ram", n), inputs=model, outputs=[status, *live], api_name="offload_model")
-    unload.click(lambda n: act("one", n), inputs=model, outputs=[status, *live], api_name="unload_model")
-    unload_all.click(lambda: act("all", None), outputs=[status, *live], api_name="unload_all")
-    apply_budget.click(apply, inputs=[vram, ram], outputs=[status, *live], api_name="set_budget")
-    return {"load": (refresh_view, live), "device": device, "gauges": gauges, "pool": pool,
+    check.click(device_check, inputs=session, outputs=check_result, **GPU_QUEUE, **private)
+    stop_check.click(stop, inputs=session, queue=False, **private)
+    timer.tick(refresh_view, inputs=[model], outputs=live, show_progress="hidden", queue=False, **private)
+    refresh.click(telemetry_json, outputs=raw, **private)
+    to_ram.click(move_to_ram, inputs=model, outputs=[status, *live], **private)
+    unload.click(unload_one, inputs=model, outputs=[status, *live], **private)
+    unload_all.click(unload_every, outputs=[status, *live], **private)
+    apply_budget.click(apply, inputs=[vram, ram], outputs=[status, *live], **private)
+    return {"load": (refresh_view, live), "owner_only": [pool_controls, check_row, budget_box, folders_box],
+            "device": device, "gauges": gauges, "pool": pool,
             "model": model, "vram": vram, "ram": ram, "events": events, "raw": raw, "timer": timer}

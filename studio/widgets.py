@@ -89,3 +89,20 @@ def gallery_path(item: Any) -> Optional[str]:
         item = image.get("path") if isinstance(image, dict) else image
     path = getattr(item, "path", item)
     return str(path) if path and Path(str(path)).is_file() else None
+
+
+def gradio_hints(*handlers: Any) -> None:
+    """Make the ``gr.Request`` / ``gr.SelectData`` annotations of handlers visible to gradio.
+
+    gradio finds the parameters it injects (and hides from the API) by their annotations, read with
+    ``typing.get_type_hints`` against the module's globals. ``from __future__ import annotations``
+    leaves them as the strings ``"gr.Request"``, and the tabs import gradio inside ``build()`` so that
+    importing a tab stays light; so the strings are turned into the classes here, once per handler.
+    """
+    import gradio
+
+    for handler in handlers:
+        notes = getattr(handler, "__annotations__", {})
+        for name, note in list(notes.items()):
+            if isinstance(note, str) and note.startswith("gr.") and hasattr(gradio, note[3:].split("[")[0]):
+                notes[name] = getattr(gradio, note[3:])

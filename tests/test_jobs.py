@@ -63,6 +63,26 @@ def test_cancel_stops_between_steps(runner):
         runner.run("long job", call, cancel)
 
 
+def test_a_reader_that_goes_away_frees_the_gpu_within_one_step(runner):
+    """A closed tab or a disconnected client closes the event stream: the job stops at its next step."""
+    steps: list[int] = []
+
+    def call(on_step, token):
+        for i in range(1000):
+            token.raise_if_cancelled()
+            steps.append(i)
+            on_step(i, 1000)
+            threading.Event().wait(0.01)
+        return "finished"
+
+    stream = runner.stream("long job", call)
+    assert next(stream).kind == "progress" and runner.hardware.busy == "long job"
+    stream.close()  # what gradio does to a generator whose client has gone
+    at_close = len(steps)
+    with runner.hardware.gpu_job("next", timeout=5):  # the lock comes back, not after 1000 steps
+        assert len(steps) <= at_close + 1
+
+
 def test_newest_preview_wins(runner):
     gate = threading.Event()
 

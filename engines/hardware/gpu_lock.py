@@ -9,6 +9,7 @@ holding the lock for days would block every preview.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 import time
@@ -18,6 +19,8 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 from engines.errors import StudioError
+
+log = logging.getLogger(__name__)
 
 
 class GpuBusyError(StudioError):
@@ -71,6 +74,8 @@ class GpuLock:
                         f"The GPU is busy with {self._other_process_owner()}; wait for it to finish."
                     ) from None
                 self._owner = GpuOwner(job, os.getpid(), time.time())
+                # Both ends of every hold, on one clock: a shared studio's load test reads them back.
+                log.debug("GPU lock taken by '%s' at %.6f", job, time.monotonic())
                 try:
                     self._owner_file.write_text(json.dumps({"job": job, "pid": os.getpid()}))
                 except OSError:
@@ -81,6 +86,7 @@ class GpuLock:
             finally:
                 self._depth -= 1
                 if self._depth == 0:
+                    log.debug("GPU lock released by '%s' at %.6f", job, time.monotonic())
                     self._owner = None
                     self._file_lock.release()
         finally:
