@@ -3,24 +3,28 @@
 Layout and wiring only; the engine is ``engines.animation`` (check, make_animation) and the data shaping is
 studio/animation_view.py. The job is also the public endpoint ``/animate`` (named parameters, the CLI's flag
 names); every other event is private UI plumbing.
+
+The still and every model a user names go through ``ctx.access`` (studio/access.py) before any model loads,
+and the videos go to, and the history is read from, ``ctx.access.outputs``: on a shared studio a visitor
+stays inside the data folder, and a demo visitor sees only their own results.
 """
 
 from __future__ import annotations
 
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from engines.animation.request import (DEFAULT_BASE_MODEL, LOOPS, MAX_FPS, MAX_FRAMES, MAX_SIDE, MAX_STEPS,
                                        AnimationRequest)
 from engines.errors import StudioError
 from engines.progress import CancelToken
-from studio.animation_view import (DEFAULT_FORMAT, FORMAT_NAMES, RANDOM_SEED, SAMPLER_NAMES, endpoint_result,
-                                   history, history_video, model_choices, plays_as_video, progress_html,
-                                   read_sidecar, request_from_values, sd_checkpoint, shown_result,
-                                   summary_html, values_from_sidecar, video_of)
+from studio.animation_view import (DEFAULT_FORMAT, FORMAT_NAMES, MODELS, PICTURES, RANDOM_SEED, SAMPLER_NAMES,
+                                   endpoint_result, history, history_video, model_choices, plays_as_video,
+                                   progress_html, read_sidecar, request_from_values, sd_checkpoint,
+                                   shown_result, summary_html, values_from_sidecar, video_of)
 from studio.queue import GPU_QUEUE
-from studio.widgets import gallery_caption, gallery_path, selected_item
+from studio.widgets import gallery_caption, gallery_path, gradio_hints, selected_item
 
 PREVIEW_EVERY = 2  # steps between live previews
 JOB = "animation"
@@ -50,18 +54,37 @@ def build(ctx, manga: Optional[dict[str, Any]] = None,
     manga_model = (manga or {}).get("fields", {}).get("model")
     base_model = sd_checkpoint(getattr(manga_model, "value", None), paths.runs) or DEFAULT_BASE_MODEL
 
-    def make(request: AnimationRequest, plan: Any, on_step: Any, cancel: CancelToken) -> Any:
+    def make(job: AnimationRequest, plan: Any, outputs: Path, on_step: Any, cancel: CancelToken) -> Any:
         from engines.animation.animate import make_animation
 
-        return make_animation(request, ctx.hardware, ctx.models, on_step=on_step, cancel=cancel,
-                              outputs=paths.outputs, plan=plan)
+        return make_animation(job, ctx.hardware, ctx.models, on_step=on_step, cancel=cancel, outputs=outputs,
+                              plan=plan)
 
-    def checked(request: AnimationRequest) -> Any:
+    def outputs_of(request: Any) -> Path:
+        """Where this user's videos go and their history is read (a demo visitor: their own folder)."""
+        return ctx.access.outputs(request, paths.outputs)
+
+    def asked(values: dict[str, Any], request: Any) -> AnimationRequest:
+        """The widgets' values as a request into this user's outputs, the still and models checked first."""
+        try:
+            return request_from_values(ctx.access.values(values, request, pictures=PICTURES, models=MODELS, defaults=d),
+                                       outputs_of(request))
+        except StudioError as error:
+            raise gr.Error(str(error)) from error
+
+    def allowed_file(value: Any, request: Any, what: str) -> Optional[str]:
+        """A file picked in a history or another tab, as ``ctx.access`` lets this user have it."""
+        try:
+            return ctx.access.path(value, request, what=what) or None
+        except StudioError as error:
+            raise gr.Error(str(error)) from error
+
+    def checked(job: AnimationRequest) -> Any:
         """check() before the job: a bad still, value or missing model is one sentence, before loading."""
         from engines.animation.request import check
 
         try:
-            return check(request, ctx.models)
+            return check(job, ctx.models)
         except StudioError as error:
             raise gr.Error(str(error)) from error
 
@@ -77,23 +100,33 @@ def build(ctx, manga: Optional[dict[str, Any]] = None,
                 height: int = d["height"], clip_skip: int = d["clip_skip"], context: int = d["context"],
                 stride: int = d["stride"], free_init: bool = d["free_init"],
                 free_init_iters: int = d["free_init_iters"], loop: str = d["loop"],
-                output_format: str = DEFAULT_FORMAT, save_frames: bool = False) -> dict:
+                output_format: str = DEFAULT_FORMAT, save_frames: bool = False,
+                request: gr.Request = None) -> Iterator[Any]:
         """A character animated with AnimateDiff: text-to-video, or a still set in motion keeping who it is.
 
         image is the still's file on the studio's machine ("" = text-to-video); prompt may travel (a first
         line, "0: ...", "16: ...", a last line); models are Hugging Face ids, folders, files or names in
         models/ (vae "" = the checkpoint's own, motion_lora "" = none); still_mode is video2video, sparsectrl
         or reference; seed -1 is random; output_format is mp4, gif, webp or webm; save_frames also writes
-        every frame as a PNG beside the video. Returns the video's file, its sidecar JSON, its first frame,
-        the seed, frames, fps, the consistency report's one-line summary and numbers, the frame files and
-        notes, all on the studio's machine."""
-        request = request_from_values(dict(locals()), paths.outputs)
-        plan = checked(request)
+        every frame as a PNG beside the video. On a shared studio every file and model path must lie in its
+        data folder. Returns the video's file, its sidecar JSON, its first frame, the seed, frames, fps, the
+        consistency report's one-line summary and numbers, the frame files and notes, all on the studio's
+        machine."""
+        job = asked(dict(locals()), request)
+        plan = checked(job)
+        outputs = outputs_of(request)
         try:
-            result = ctx.jobs.run(JOB, lambda on_step, cancel: make(request, plan, on_step, cancel))
+            yield from ctx.jobs.updates(JOB, lambda on_step, cancel: make(job, plan, outputs, on_step, cancel),
+                                        endpoint_result)
         except StudioError as error:
             raise gr.Error(str(error)) from error
-        return endpoint_result(result)
+
+    gradio_hints(animate)
+
+    def shared_history() -> list:
+        """The history every page starts with: none in demo mode, where the page's load event shows each user
+        their own (a visitor must not see the owner's results, even in the page's first settings)."""
+        return [] if ctx.access.demo else history(paths.outputs)
 
     with gr.Tab("Animation", id="animation", elem_id="tab-animation"):
         gr.Markdown("Your character in motion with AnimateDiff: give a still (a Live-Action or Text-to-Manga "
@@ -127,7 +160,7 @@ def build(ctx, manga: Optional[dict[str, Any]] = None,
                         report_json = gr.JSON(label="Sidecar", elem_id="anim-report-json")
                 with gr.Accordion("History (newest first; click one to play it and see its report)",
                                   open=True):
-                    history_gallery = gr.Gallery(value=history(paths.outputs), label="History",
+                    history_gallery = gr.Gallery(value=shared_history(), label="History",
                                                  show_label=False, columns=6, height=240, allow_preview=False,
                                                  interactive=False, elem_id="anim-history")
                     with gr.Row():
@@ -155,17 +188,18 @@ def build(ctx, manga: Optional[dict[str, Any]] = None,
         view = shown_result(video, document, seconds)
         return view["summary"], view["rows"], view["document"]
 
-    def make_handler(state: dict, *values: Any):
+    def make_handler(state: dict, request: gr.Request, *values: Any):
         from engines.animation.animate import total_steps
 
-        request = request_from_values({**values_of(values), "preview_every": PREVIEW_EVERY}, paths.outputs)
-        plan = checked(request)
+        job = asked({**values_of(values), "preview_every": PREVIEW_EVERY}, request)
+        plan = checked(job)
+        outputs = outputs_of(request)
         token = state["cancel"] = CancelToken()
         skip = gr.skip()
-        total = total_steps(request)
+        total = total_steps(job)
         yield progress_html(0, total, "Starting…", "running"), None, *(skip,) * 7
         step = 0
-        for event in ctx.jobs.stream(JOB, lambda on_step, c: make(request, plan, on_step, c), token):
+        for event in ctx.jobs.stream(JOB, lambda on_step, c: make(job, plan, outputs, on_step, c), token):
             if event.kind == "progress":
                 step, total = event.step, event.total
                 picture = event.preview if event.preview is not None else skip
@@ -177,7 +211,7 @@ def build(ctx, manga: Optional[dict[str, Any]] = None,
                 line, rows, document = shown(video, read_sidecar(video), made.seconds)
                 done = f"{made.frames} frames made in {made.seconds:.1f} s (seed {made.seed})"
                 yield (progress_html(total or 1, total or 1, done, "done"), skip, *players(video), line, rows,
-                       document, history(paths.outputs), video)
+                       document, history(outputs), video)
             elif event.kind == "cancelled":
                 yield progress_html(step, total, event.message, "stopped"), *(skip,) * 8
             else:
@@ -187,19 +221,19 @@ def build(ctx, manga: Optional[dict[str, Any]] = None,
         if state.get("cancel") is not None:
             state["cancel"].cancel()
 
-    def select_handler(items: Any, event: gr.SelectData):
+    def select_handler(items: Any, event: gr.SelectData, request: gr.Request):
         item = selected_item(items, event.index)
         caption = gallery_caption(item)
         # The video beside its sidecar; the gallery's own file is a cached copy of the first frame.
-        video = history_video(paths.outputs, caption) or video_of(gallery_path(item))
+        found = history_video(outputs_of(request), caption)
+        video = found or video_of(allowed_file(gallery_path(item), request, "The picture"))
         if video is None or not Path(video).is_file():
             return (gr.skip(),) * 6
         video = str(video)
         return (video, *players(video), *shown(video, read_sidecar(video)))
 
-    select_handler.__annotations__["event"] = gr.SelectData  # gradio reads the event type from the annotation
-
-    def reuse_handler(video: Optional[str]):
+    def reuse_handler(video: Optional[str], request: gr.Request):
+        video = allowed_file(video, request, "The animation")
         if not video:
             raise gr.Error("Click an animation in the history first.")
         document = read_sidecar(video)
@@ -208,10 +242,23 @@ def build(ctx, manga: Optional[dict[str, Any]] = None,
         values = values_from_sidecar(document)
         return [gr.update(value=values[n]) if n in values else gr.skip() for n in names]
 
-    def picture_handler(path: Optional[str], missing: str):
-        if not path or not Path(str(path)).is_file():
+    def picture_handler(path: Optional[str], missing: str, request: Any, what: str):
+        found = allowed_file(path, request, what)
+        if not found or not Path(found).is_file():
             raise gr.Error(missing)
-        return str(path)
+        return found
+
+    def from_manga_handler(path: Optional[str], request: gr.Request):
+        return picture_handler(path, NO_MANGA_PICK, request, "The picture picked in Text-to-Manga")
+
+    def from_live_handler(path: Optional[str], request: gr.Request):
+        return picture_handler(path, NO_LIVE_RESULT, request, "The Live-Action result")
+
+    def history_handler(request: gr.Request) -> list:
+        """This user's history: the page's load event (studio/app.py) and the Refresh button."""
+        return history(outputs_of(request))
+
+    gradio_hints(make_handler, select_handler, reuse_handler, from_manga_handler, from_live_handler, history_handler)
 
     def follow_manga(model: Optional[str]):
         checkpoint = sd_checkpoint(model, paths.runs)
@@ -234,19 +281,18 @@ def build(ctx, manga: Optional[dict[str, Any]] = None,
                            outputs=[picked, result_video, result_image, summary, details, report_json],
                            **private)
     reuse.click(reuse_handler, inputs=picked, outputs=list(f.values()), **private)
-    refresh_history.click(lambda: history(paths.outputs), outputs=history_gallery, queue=False, **private)
+    refresh_history.click(history_handler, outputs=history_gallery, queue=False, **private)
     if manga is not None:
-        from_manga.click(lambda path: picture_handler(path, NO_MANGA_PICK), inputs=manga["selected"],
-                         outputs=f["image"], **private)
+        from_manga.click(from_manga_handler, inputs=manga["selected"], outputs=f["image"], **private)
         if manga_model is not None:
             manga_model.change(follow_manga, inputs=manga_model, outputs=f["base_model"], queue=False,
                                **private)
     if live is not None:
-        from_live.click(lambda path: picture_handler(path, NO_LIVE_RESULT), inputs=live["picked"],
-                        outputs=f["image"], **private)
+        from_live.click(from_live_handler, inputs=live["picked"], outputs=f["image"], **private)
     return {"fields": f, "animate": animate, "make_handler": make_handler, "cancel": cancel_handler,
             "reuse": reuse_handler, "select": select_handler, "picked": picked, "follow_manga": follow_manga,
-            "players": players}
+            "players": players, "from_manga": from_manga_handler, "from_live": from_live_handler,
+            "on_load": (history_handler, [history_gallery])}
 
 
 # -- the left column, a group of widgets each; ``f`` gets the request's widgets by field name ---------------

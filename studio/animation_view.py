@@ -36,6 +36,10 @@ FILE_WIDGETS = ("output_format", "save_frames")
 _WHOLE = ("frames", "fps", "steps", "width", "height", "clip_skip", "context", "stride", "free_init_iters",
           "preview_every")
 _FLAGS = ("identity", "free_init")
+# What the still and each model are called in the sentence that refuses them on a shared studio.
+PICTURES = {"image": "The still"}
+MODELS = {"base_model": "The base model", "vae": "The VAE", "motion_adapter": "The motion adapter",
+          "motion_lora": "The motion LoRA", "sparsectrl_model": "The SparseCtrl model"}
 
 
 def widget_fields() -> list[str]:

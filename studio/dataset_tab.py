@@ -4,6 +4,10 @@ Every widget is registered under the dotted name of the request field it fills (
 ``thresholds.min_sharpness``, ``sources.danbooru.api_key``...), and ``request_from_values`` builds the
 ``CollectRequest`` from those names, so nothing is passed by position. Collection never touches the
 GPU: it runs through the job runner with ``uses_gpu=False`` and its own one-at-a-time queue.
+
+The collect job is also the public endpoint ``/collect``, its parameters named like ``app.py collect``'s
+flags; every other event is private UI plumbing. Only the owner collects on a demo link, and on a
+shared studio every folder a visitor names must lie inside the data folder (studio/access.py).
 """
 
 from __future__ import annotations
@@ -11,20 +15,22 @@ from __future__ import annotations
 import time
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from engines.dataset.filters import REASONS
 from engines.dataset.request import CollectRequest, NetworkSettings, QualityThresholds, SourceSpec
 from engines.dataset.sources import DEFAULT_HF_DATASET, SOURCES
 from engines.errors import StudioError
 from engines.progress import CancelToken
-from studio.widgets import progress_gauge, selected_index
+from studio.training_view import shown
+from studio.widgets import gradio_hints, progress_gauge, selected_index
 
 GALLERY_SIZE = 60
 GALLERY_EVERY_S = 2.0
 THUMB_PX = 256
 # One collection at a time: two runs filling the same folder would race for the same posts.
 DATASET_QUEUE = {"concurrency_id": "dataset", "concurrency_limit": 1}
+WHAT = "collect datasets"  # what a demo link keeps for the owner (Access.require_owner)
 
 FIELD_LABELS = {
     "endpoint": "Endpoint (mirror or test server)", "login": "Login", "api_key": "API key",
@@ -163,12 +169,67 @@ def build(ctx) -> dict[str, Any]:
     """Lay out the tab inside the current Blocks; returns its components and handlers for wiring and tests."""
     import gradio as gr
 
-    default_out = str(ctx.settings.paths.datasets / "default")
+    from engines.dataset.cli import FLAGS, request_from_flags
+
+    paths, access = ctx.settings.paths, ctx.access
+    # Shown to others, the page names the folder only (a relative name is in datasets/), not the machine's layout.
+    default_out = "default" if access.exposed else str(paths.datasets / "default")
     t, n = QualityThresholds(), NetworkSettings()
     widgets: dict[str, Any] = {}
     source_rows: list[tuple[Any, Any]] = []
 
-    with gr.Tab("Dataset", id="dataset", elem_id="tab-dataset"):
+    def allowed(request: Any) -> None:
+        """Only the owner collects on a demo link (checked here too: a private event can still be called)."""
+        try:
+            access.require_owner(request, WHAT)
+        except StudioError as error:
+            raise gr.Error(str(error)) from error
+
+    def where(value: Any, request: Any, what: str = "The dataset folder") -> str:
+        """The folder a user named (kept inside the data folder on a shared studio); a relative one is in datasets/."""
+        try:
+            text = access.path(value, request, what=what, base=paths.datasets)
+        except StudioError as error:
+            raise gr.Error(str(error)) from error
+        return str(paths.datasets / Path(text).expanduser()) if text else ""
+
+    def collect(source: list[str], tags: str = "", target: int = 100, out: str = "", sensitive: bool = False,
+                min_score: Optional[int] = None, since: str = "", caption_template: str = "{tags}",
+                endpoint: Optional[list[str]] = None, login: Optional[list[str]] = None,
+                api_key: Optional[list[str]] = None, engine_id: Optional[list[str]] = None, dataset: str = "",
+                folder: str = "", min_edge: int = t.min_long_edge, min_short_edge: int = t.min_short_edge,
+                max_aspect: float = t.max_aspect, min_sharpness: float = t.min_sharpness,
+                min_colour_std: float = t.min_colour_std, near_duplicate: int = t.near_duplicate_distance,
+                rate_limit: float = n.rate_limit, timeout: float = n.timeout_s, retries: int = n.retries,
+                backoff: float = n.backoff_s, request: gr.Request = None) -> Iterator[Any]:
+        """Fill a dataset folder, as ``app.py collect`` does with the same flags: source lists one or more of
+        danbooru, safebooru, konachan, yandere, wallhaven, hf, cse, folder; endpoint, login, api_key and
+        engine_id are lists of VALUE or SOURCE=VALUE. out is a folder in datasets/ (default
+        "default") or a path; folder is the folder of your own images (source folder).
+
+        Returns the dataset's images and target, its folder (relative to the data folder when inside
+        it) and the summary sentence."""
+        from engines.dataset.collector import collect as collect_images
+        from engines.dataset.request import check
+
+        allowed(request)
+        flags = dict(locals())
+        flags.update(out=where(out, request) or None, folder=where(folder, request, "The folder with your images"),
+                     endpoint=endpoint or [], login=login or [], api_key=api_key or [], engine_id=engine_id or [])
+        try:
+            collect_request = request_from_flags(ctx.settings, **{k: flags[k] for k in FLAGS})
+            check(collect_request, offline=ctx.settings.offline)
+            yield from ctx.jobs.updates("collect dataset", lambda on_step, cancel: collect_images(
+                collect_request, on_step, cancel, offline=ctx.settings.offline), lambda result: {
+                    "images": result.images, "target": result.target, "kept": result.kept,
+                    "out": shown(result.out_dir, paths.root), "summary": result.summary(),
+                    "problems": result.problems}, uses_gpu=False)
+        except StudioError as error:
+            raise gr.Error(str(error)) from error
+
+    gradio_hints(collect)
+
+    with gr.Tab("Dataset", id="dataset", elem_id="tab-dataset") as tab:
         gr.Markdown("Collect a training set from image sites or your own folder. Only safe ratings are "
                     "taken, blacklisted tags are skipped, and every image is checked for size, sharpness, "
                     "colour and duplicates. Run it again to continue where it stopped.")
@@ -223,33 +284,50 @@ def build(ctx) -> dict[str, Any]:
                     remove = gr.Button("Remove from dataset", variant="stop", size="sm", elem_id="dataset-remove")
                     refresh = gr.Button("Refresh", size="sm", elem_id="dataset-refresh")
                 stats = gr.Dataframe(headers=["", "Count"], value=[], interactive=False, elem_id="dataset-stats")
-        # Inside the Tab: a State created directly under gr.Tabs shows up as a phantom tab button.
-        session = gr.State(dict)
-        stems = gr.State(list)
+        # Inside the Tab: a State or an endpoint directly under gr.Tabs shows up as a phantom tab button.
+        # A value, not a factory: gradio 6 makes a callable default a public endpoint of its own.
+        session = gr.State({})
+        stems = gr.State([])
         selected = gr.State(None)
+        gr.api(collect, api_name="collect", **DATASET_QUEUE)
 
     names = list(widgets)
 
-    def view(out_dir: str):
-        items, stem_list, rows = dataset_view(out_dir)
-        return items, stem_list, rows
+    def view(out_dir: str, request: gr.Request = None):
+        allowed(request)
+        return dataset_view(where(out_dir, request))
 
-    def collect_handler(session_state: dict, *values: Any):
+    def view_quietly(out_dir: str, request: gr.Request = None):
+        """On page load and when the folder changes: nothing at all for a demo visitor, and no error toast."""
+        if not access.sees_everything(request):
+            return gr.skip(), gr.skip(), gr.skip()
+        try:
+            return view(out_dir, request)
+        except gr.Error:
+            return [], [], []  # a folder being typed, outside the data folder so far
+
+    def collect_handler(request: gr.Request, session_state: dict, *values: Any):
         from engines.dataset.collector import collect
         from engines.dataset.request import check
 
-        request = request_from_values(dict(zip(names, values)))
+        allowed(request)
+        found = dict(zip(names, values))
+        found["out_dir"] = where(found["out_dir"], request)
+        if found.get("sources.folder.enabled"):
+            found["sources.folder.folder"] = where(found.get("sources.folder.folder"), request,
+                                                   "The folder with your images")
+        collect_request = request_from_values(found)
         try:
-            check(request, offline=ctx.settings.offline)
+            check(collect_request, offline=ctx.settings.offline)
         except StudioError as error:
             raise gr.Error(str(error)) from error
         cancel = session_state["cancel"] = CancelToken()
-        out_dir = str(request.out_dir)
-        yield progress_html(0, request.target, "Starting…", "running"), gr.skip(), gr.skip(), gr.skip()
+        out_dir = str(collect_request.out_dir)
+        yield progress_html(0, collect_request.target, "Starting…", "running"), gr.skip(), gr.skip(), gr.skip()
         # Live: the bar on every event; statistics (every reason) and, when images were kept, the
         # gallery at most every two seconds, so a fast run does not spend its time drawing.
         last_view, new_images, kept = 0.0, False, 0
-        call = lambda on_step, c: collect(request, on_step, c, offline=ctx.settings.offline)  # noqa: E731
+        call = lambda on_step, c: collect(collect_request, on_step, c, offline=ctx.settings.offline)  # noqa: E731
         for event in ctx.jobs.stream("collect dataset", call, cancel, uses_gpu=False):
             if event.kind == "progress":
                 kept = event.step
@@ -264,32 +342,33 @@ def build(ctx) -> dict[str, Any]:
                 yield bar, *gallery_update, stats_rows(out_dir, with_size=False)
             elif event.kind == "result":
                 result = event.result
-                yield (progress_html(result.images, result.target, result.summary(), "done"), *view(out_dir))
+                yield (progress_html(result.images, result.target, result.summary(), "done"),
+                       *dataset_view(out_dir))
             elif event.kind == "cancelled":
-                yield (progress_html(kept, request.target, event.message, "stopped"), *view(out_dir))
+                yield (progress_html(kept, collect_request.target, event.message, "stopped"), *dataset_view(out_dir))
             else:
                 raise gr.Error(event.error)
 
-    def stop_handler(session_state: dict) -> None:
+    def stop_handler(session_state: dict, request: gr.Request = None) -> None:
+        allowed(request)
         if session_state.get("cancel") is not None:
             session_state["cancel"].cancel()
 
-    def select_handler(stem_list: list[str], event: gr.SelectData):
+    def select_handler(stem_list: list[str], event: gr.SelectData, request: gr.Request = None):
+        allowed(request)
         index = selected_index(event.index)
         if not 0 <= index < len(stem_list):
             return "Nothing selected.", None
         return f"Selected **{stem_list[index]}**: press Remove to take it out of the dataset.", stem_list[index]
 
-    # gradio finds the event-data parameter by its annotation; postponed annotations are strings
-    # naming a module-level ``gr`` that this module does not have (gradio loads only inside build).
-    select_handler.__annotations__["event"] = gr.SelectData
-
-    def remove_handler(out_dir: str, stem: Optional[str]):
+    def remove_handler(out_dir: str, stem: Optional[str], request: gr.Request = None):
         from engines.dataset.dataset_dir import DatasetDir
 
+        allowed(request)
+        out_dir = where(out_dir, request)
         if not stem:
             raise gr.Error("Click an image in the gallery first, then press Remove.")
-        dataset = DatasetDir.open_existing(Path(str(out_dir).strip()))
+        dataset = DatasetDir.open_existing(Path(out_dir))
         if dataset is None:
             raise gr.Error(f"There is no dataset in {out_dir}.")
         with dataset:
@@ -298,24 +377,30 @@ def build(ctx) -> dict[str, Any]:
                 dataset.write_summary()
         note = (f"Removed **{stem}**; it will not be collected again." if row is not None
                 else f"**{stem}** is no longer in the dataset.")
-        return (note, None, *view(out_dir))
+        return (note, None, *dataset_view(out_dir))
 
+    def toggle(on: bool, request: gr.Request = None):
+        return gr.update(visible=bool(on)) if access.sees_everything(request) else gr.skip()
+
+    gradio_hints(view, view_quietly, collect_handler, stop_handler, select_handler, remove_handler, toggle)
+
+    private = {"api_visibility": "private"}
     for enabled, source_row in source_rows:
-        enabled.change(lambda on: gr.update(visible=bool(on)), inputs=enabled, outputs=source_row,
-                       queue=False, show_progress="hidden", api_visibility="private")
+        enabled.change(toggle, inputs=enabled, outputs=source_row, queue=False, show_progress="hidden", **private)
     inputs = [session, *widgets.values()]
     outputs = [progress, gallery, stems, stats]
-    start.click(collect_handler, inputs=inputs, outputs=outputs, api_name="collect_dataset", **DATASET_QUEUE)
-    stop.click(stop_handler, inputs=session, queue=False, api_visibility="private")
-    gallery.select(select_handler, inputs=stems, outputs=[selected_note, selected], api_visibility="private")
+    start.click(collect_handler, inputs=inputs, outputs=outputs, **DATASET_QUEUE, **private)
+    stop.click(stop_handler, inputs=session, queue=False, **private)
+    gallery.select(select_handler, inputs=stems, outputs=[selected_note, selected], **private)
     remove.click(remove_handler, inputs=[widgets["out_dir"], selected],
-                 outputs=[selected_note, selected, gallery, stems, stats], api_name="remove_dataset_image")
-    refresh.click(view, inputs=widgets["out_dir"], outputs=[gallery, stems, stats], api_name="dataset_view")
+                 outputs=[selected_note, selected, gallery, stems, stats], **private)
+    refresh.click(view, inputs=widgets["out_dir"], outputs=[gallery, stems, stats], **private)
     # No triggers: runs when the page loads and whenever the folder changes.
-    gr.on(triggers=None, fn=view, inputs=widgets["out_dir"], outputs=[gallery, stems, stats],
-          trigger_mode="always_last", show_progress="hidden", api_visibility="private")
-    return {"fields": widgets, "collect": collect_handler, "stop": stop_handler, "remove": remove_handler,
-            "select": select_handler, "view": view, "progress": progress, "gallery": gallery, "stats": stats}
+    gr.on(triggers=None, fn=view_quietly, inputs=widgets["out_dir"], outputs=[gallery, stems, stats],
+          trigger_mode="always_last", show_progress="hidden", **private)
+    return {"tab": tab, "fields": widgets, "collect": collect_handler, "collect_api": collect, "stop": stop_handler,
+            "remove": remove_handler, "select": select_handler, "view": view, "progress": progress,
+            "gallery": gallery, "stats": stats}
 
 
 def _placeholder(source: str, field: str) -> str:

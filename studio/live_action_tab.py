@@ -3,22 +3,28 @@
 Layout and wiring only; the engine is ``engines.live_action`` (check, make_live_action, run_batch) and
 the data shaping is studio/live_action_view.py. The job is also the public endpoint ``/live_action``
 (named parameters, the request's field names); every other event is private UI plumbing.
+
+Every picture, folder and model a user names goes through ``ctx.access`` (studio/access.py) before any model
+loads, and the results go to, and the history is read from, ``ctx.access.outputs``: on a shared studio a
+visitor stays inside the data folder, and a demo visitor sees only their own results.
 """
 
 from __future__ import annotations
 
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from engines.errors import StudioError
 from engines.live_action.request import COLOUR_MODES, DEFAULT_CONTROLNET_CANNY, LiveActionRequest
 from engines.progress import CancelToken
-from studio.live_action_view import (OUTPUT_FOLDER, RANDOM_SEED, SAMPLER_NAMES, batch_rows, endpoint_result,
-                                     history, history_file, model_choices, progress_html, read_report,
-                                     request_from_values, shown_result, summary_html, values_from_report)
+from studio.access import path_text
+from studio.live_action_view import (MODELS, OUTPUT_FOLDER, PICTURES, RANDOM_SEED, SAMPLER_NAMES, batch_rows,
+                                     endpoint_result, history, history_file, model_choices,
+                                     progress_html, read_report, request_from_values, shown_result, summary_html,
+                                     values_from_report)
 from studio.queue import GPU_QUEUE
-from studio.widgets import gallery_caption, gallery_path, selected_item
+from studio.widgets import gallery_caption, gallery_path, gradio_hints, selected_item
 
 PREVIEW_EVERY = 2  # steps between live previews
 JOB = "live-action"
@@ -42,18 +48,36 @@ def build(ctx, manga: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     d = {f.name: f.default for f in fields(LiveActionRequest)}
     f: dict[str, Any] = {}
 
-    def make(request: LiveActionRequest, plan: Any, on_step: Any, cancel: CancelToken) -> Any:
+    def make(job: LiveActionRequest, plan: Any, outputs: Path, on_step: Any, cancel: CancelToken) -> Any:
         from engines.live_action.photoreal import make_live_action
 
-        return make_live_action(request, ctx.hardware, ctx.models, on_step=on_step, cancel=cancel,
-                                outputs=paths.outputs, plan=plan)
+        return make_live_action(job, ctx.hardware, ctx.models, on_step=on_step, cancel=cancel, outputs=outputs,
+                                plan=plan)
 
-    def checked(request: LiveActionRequest) -> Any:
+    def outputs_of(request: Any) -> Path:
+        """Where this user's results go and their history is read (a demo visitor: their own folder)."""
+        return ctx.access.outputs(request, paths.outputs)
+
+    def asked(values: dict[str, Any], request: Any) -> LiveActionRequest:
+        """The widgets' values as a request, each picture and model first checked by ``ctx.access``."""
+        try:
+            return request_from_values(ctx.access.values(values, request, pictures=PICTURES, models=MODELS, defaults=d))
+        except StudioError as error:
+            raise gr.Error(str(error)) from error
+
+    def allowed_file(value: Any, request: Any, what: str) -> Optional[str]:
+        """A picture picked in a history or another tab, as ``ctx.access`` lets this user have it."""
+        try:
+            return ctx.access.path(value, request, what=what) or None
+        except StudioError as error:
+            raise gr.Error(str(error)) from error
+
+    def checked(job: LiveActionRequest) -> Any:
         """check() before the job: a bad picture or a missing model is one sentence before any model loads."""
         from engines.live_action.request import check
 
         try:
-            return check(request, ctx.models)
+            return check(job, ctx.models)
         except StudioError as error:
             raise gr.Error(str(error)) from error
 
@@ -71,21 +95,30 @@ def build(ctx, manga: Optional[dict[str, Any]] = None) -> dict[str, Any]:
                     colour_strength: float = d["colour_strength"], identity: bool = d["identity"],
                     identity_scale: float = d["identity_scale"], clip_skip: int = d["clip_skip"],
                     long_side: int = d["long_side"], width: int = d["width"], height: int = d["height"],
-                    sampler: str = d["sampler"]) -> dict:
+                    sampler: str = d["sampler"], request: gr.Request = None) -> Iterator[Any]:
         """A drawn character made photoreal: SD 1.5 img2img steered by depth and pose ControlNets.
 
         image is the drawing's file on the studio's machine; models are Hugging Face ids, folders, files or
         names in models/ (vae "" = the checkpoint's own, controlnet_canny "" = off); depth_map and pose_map are
         ready control maps on the studio's machine ("" = estimated); seed -1 is random; width and height 0
-        take the long side. Returns the picture's file, its report file, the seed, the report's one-line
-        summary, the report, and the control maps (kind -> file), all on the studio's machine."""
-        request = request_from_values(dict(locals()))
-        plan = checked(request)
+        take the long side. On a shared studio every file and model path must lie in its data folder.
+        Returns the picture's file, its report file, the seed, the report's one-line summary, the report,
+        and the control maps (kind -> file), all on the studio's machine."""
+        job = asked(dict(locals()), request)
+        plan = checked(job)
+        outputs = outputs_of(request)
         try:
-            result = ctx.jobs.run(JOB, lambda on_step, cancel: make(request, plan, on_step, cancel))
+            yield from ctx.jobs.updates(JOB, lambda on_step, cancel: make(job, plan, outputs, on_step, cancel),
+                                        endpoint_result)
         except StudioError as error:
             raise gr.Error(str(error)) from error
-        return endpoint_result(result)
+
+    gradio_hints(live_action)
+
+    def shared_history() -> list:
+        """The history every page starts with: none in demo mode, where the page's load event shows each user
+        their own (a visitor must not see the owner's results, even in the page's first settings)."""
+        return [] if ctx.access.demo else history(paths.outputs)
 
     with gr.Tab("Live-Action", id="live-action", elem_id="tab-live-action"):
         gr.Markdown("Your drawn character as a photo: depth and pose ControlNets keep its shape and pose, the "
@@ -198,7 +231,7 @@ def build(ctx, manga: Optional[dict[str, Any]] = None) -> dict[str, Any]:
                     with gr.Accordion("The full report (JSON)", open=False):
                         report_json = gr.JSON(label="Report", elem_id="live-report-json")
                 with gr.Accordion("History (newest first; click one to see its report)", open=True):
-                    history_gallery = gr.Gallery(value=history(paths.outputs), label="History", show_label=False,
+                    history_gallery = gr.Gallery(value=shared_history(), label="History", show_label=False,
                                                  columns=6, height=240, allow_preview=False, interactive=False,
                                                  elem_id="live-history")
                     with gr.Row():
@@ -236,14 +269,15 @@ def build(ctx, manga: Optional[dict[str, Any]] = None) -> dict[str, Any]:
         view = shown_result(picture, document, seconds)
         return view["summary"], view["rows"], view["document"], view["maps"]
 
-    def make_handler(state: dict, *values: Any):
-        request = request_from_values({**values_of(values), "preview_every": PREVIEW_EVERY})
-        plan = checked(request)
+    def make_handler(state: dict, request: gr.Request, *values: Any):
+        job = asked({**values_of(values), "preview_every": PREVIEW_EVERY}, request)
+        plan = checked(job)
+        outputs = outputs_of(request)
         token = state["cancel"] = CancelToken()
         skip = gr.skip()
         yield progress_html(0, 0, "Starting…", "running"), None, skip, skip, skip, skip, skip, skip, skip
         step = total = 0
-        for event in ctx.jobs.stream(JOB, lambda on_step, c: make(request, plan, on_step, c), token):
+        for event in ctx.jobs.stream(JOB, lambda on_step, c: make(job, plan, outputs, on_step, c), token):
             if event.kind == "progress":
                 step, total = event.step, event.total
                 picture = event.preview if event.preview is not None else skip
@@ -255,31 +289,38 @@ def build(ctx, manga: Optional[dict[str, Any]] = None) -> dict[str, Any]:
                 line, rows, document, gallery = shown(str(made.path), read_report(str(made.path)), made.seconds)
                 yield (progress_html(total or 1, total or 1, f"Made in {made.seconds:.1f} s (seed {made.seed})",
                                      "done"), skip, str(made.path), gallery, line, rows, document,
-                       history(paths.outputs), str(made.path))
+                       history(outputs), str(made.path))
             elif event.kind == "cancelled":
                 yield (progress_html(step, total, event.message, "stopped"), skip, skip, skip, skip, skip, skip,
                        skip, skip)
             else:
                 raise gr.Error(event.error)
 
-    def batch_handler(state: dict, source: str, target: str, *values: Any):
+    def batch_handler(state: dict, request: gr.Request, source: str, target: str, *values: Any):
         from engines.live_action.batch import run_batch
         from engines.live_action.request import check_settings
         from engines.live_action.source import images_in
 
-        if not (source or "").strip():
+        if not path_text(source):
             raise gr.Error("Give the input folder: the drawings to make real.")
-        if not (target or "").strip():
+        if not path_text(target):
             raise gr.Error("Give the output folder for the results.")
-        request = request_from_values(values_of(values))  # the picture is each file of the folder
+        outputs = outputs_of(request)
+        # The picture is each file of the folder; the widget's drawing plays no part.
+        job = asked({**values_of(values), "image": ""}, request)
         try:
-            files = images_in(source.strip())
-            check_settings(request, ctx.models)
+            source = ctx.access.path(source, request, what="The input folder")
+            # A relative output folder is taken from the user's own outputs (a demo visitor's folder).
+            target = ctx.access.path(target, request, what="The output folder", base=outputs)
+            files = images_in(source)
+            for file in files:  # a link in the folder to a picture elsewhere is refused like a typed path
+                ctx.access.path(file, request, what="The picture")
+            check_settings(job, ctx.models)
         except StudioError as error:
             raise gr.Error(str(error)) from error
         token = state["batch_cancel"] = CancelToken()
         yield progress_html(0, 0, f"{len(files)} pictures…", "running", "live-batch-progress-bar"), [], gr.skip()
-        call = lambda on_step, c: run_batch(request, Path(source.strip()), Path(target.strip()),  # noqa: E731
+        call = lambda on_step, c: run_batch(job, Path(source), Path(target),  # noqa: E731
                                             ctx.hardware, ctx.models, on_step=on_step, cancel=c)
         step = total = 0
         for event in ctx.jobs.stream(JOB + "-batch", call, token):
@@ -291,7 +332,7 @@ def build(ctx, manga: Optional[dict[str, Any]] = None) -> dict[str, Any]:
                 done = event.result
                 state_name = "stopped" if done.cancelled else "done"
                 yield (progress_html(step if done.cancelled else total or 1, total or 1, done.summary(), state_name,
-                                     "live-batch-progress-bar"), batch_rows(done), history(paths.outputs))
+                                     "live-batch-progress-bar"), batch_rows(done), history(outputs))
             elif event.kind == "cancelled":
                 yield (progress_html(step, total, event.message, "stopped", "live-batch-progress-bar"), gr.skip(),
                        gr.skip())
@@ -302,30 +343,42 @@ def build(ctx, manga: Optional[dict[str, Any]] = None) -> dict[str, Any]:
         if state.get(key) is not None:
             state[key].cancel()
 
-    def select_handler(items: Any, event: gr.SelectData):
+    def select_handler(items: Any, event: gr.SelectData, request: gr.Request):
         item = selected_item(items, event.index)
         caption = gallery_caption(item)
         # The original beside its report and maps; the gallery's own file is a cached copy.
-        picture = history_file(paths.outputs, caption) or gallery_path(item)
-        if picture is None:
+        found = history_file(outputs_of(request), caption)
+        found = found or allowed_file(gallery_path(item), request, "The picture")
+        if found is None:
             return (gr.skip(),) * 6
-        return (picture, picture, *shown(picture, read_report(picture)))
+        return (found, found, *shown(found, read_report(found)))
 
-    select_handler.__annotations__["event"] = gr.SelectData  # gradio reads the event type from the annotation
-
-    def reuse_handler(picture: Optional[str]):
-        if not picture:
+    def reuse_handler(picked_picture: Optional[str], request: gr.Request):
+        found = allowed_file(picked_picture, request, "The picture")
+        if not found:
             raise gr.Error("Click a picture in the history first.")
-        document = read_report(picture)
+        document = read_report(found)
         if document is None:
-            raise gr.Error(f"{Path(picture).name} has no report beside it, so its settings are unknown.")
+            raise gr.Error(f"{Path(found).name} has no report beside it, so its settings are unknown.")
         values = values_from_report(document)
         return [gr.update(value=values[n]) if n in values else gr.skip() for n in names]
 
-    def from_manga_handler(path: Optional[str]):
-        if not path or not Path(str(path)).is_file():
+    def from_manga_handler(path: Optional[str], request: gr.Request):
+        found = allowed_file(path, request, "The picture picked in Text-to-Manga")
+        if not found or not Path(found).is_file():
             raise gr.Error("Pick a picture in Text-to-Manga first: click one in its results or its history.")
-        return str(path)
+        return found
+
+    def history_handler(request: gr.Request) -> list:
+        return history(outputs_of(request))
+
+    def per_user(request: gr.Request) -> tuple:
+        """This user's history and batch folder, for the page's load event (studio/app.py)."""
+        outputs = outputs_of(request)
+        return history(outputs), str(outputs / OUTPUT_FOLDER / "batch")
+
+    gradio_hints(make_handler, batch_handler, select_handler, reuse_handler, from_manga_handler, history_handler,
+                 per_user)
 
     inputs = [session, *f.values()]
     start.click(make_handler, inputs=inputs,
@@ -346,9 +399,11 @@ def build(ctx, manga: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     history_gallery.select(select_handler, inputs=history_gallery,
                            outputs=[picked, result, summary, details, report_json, maps], **private)
     reuse.click(reuse_handler, inputs=picked, outputs=list(f.values()), **private)
-    refresh_history.click(lambda: history(paths.outputs), outputs=history_gallery, queue=False, **private)
+    refresh_history.click(history_handler, outputs=history_gallery, queue=False, **private)
     if manga is not None:
         from_manga.click(from_manga_handler, inputs=manga["selected"], outputs=f["image"], **private)
     return {"fields": f, "live_action": live_action, "make_handler": make_handler, "batch_handler": batch_handler,
-            "cancel": cancel_handler, "reuse": reuse_handler, "picked": picked, "batch": {
-                "input_dir": input_dir, "output_dir": output_dir, "table": batch_table}}
+            "cancel": cancel_handler, "reuse": reuse_handler, "select": select_handler,
+            "from_manga": from_manga_handler, "picked": picked, "batch": {
+                "input_dir": input_dir, "output_dir": output_dir, "table": batch_table},
+            "on_load": (per_user, [history_gallery, output_dir])}

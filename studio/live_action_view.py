@@ -27,6 +27,12 @@ SAMPLER_NAMES = (DEFAULT_SAMPLER, *(name for name in SAMPLERS if name != DEFAULT
 NOT_WIDGETS = ("output", "preview_every")
 _WHOLE = ("steps", "width", "height", "long_side", "clip_skip", "preview_every")
 _PATHS = ("image", "depth_map", "pose_map")
+# What each picture and model is called in the sentence that refuses it on a shared studio (studio/access.py).
+PICTURES = {"image": "The drawing", "depth_map": "The depth map", "pose_map": "The pose map"}
+MODELS = {"base_model": "The base model", "vae": "The VAE", "controlnet_depth": "The depth ControlNet",
+          "controlnet_pose": "The pose ControlNet", "controlnet_canny": "The canny ControlNet",
+          "depth_model": "The depth estimator", "pose_model": "The pose estimator"}
+# A1111's LoRA tag, as engines/sd15/prompt_syntax.py cuts it: the name is what comes before the first ':'.
 
 
 def widget_fields() -> list[str]:

@@ -2,21 +2,27 @@
 
 Layout and wiring only; the engine call is ``engines.manga.panels.generate_panels`` and the data
 shaping is studio/manga_view.py. The generate job is also the public endpoint ``/generate`` (named
-parameters, the request's field names); the button's own event is private UI plumbing.
+parameters, the request's field names); every other event is private UI plumbing.
+
+Every picture and model a user names goes through ``ctx.access`` (studio/access.py) before any model
+loads, and the results go to, and the history is read from, ``ctx.access.outputs``: on a shared studio a
+visitor stays inside the data folder, and a demo visitor sees only their own results.
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from pathlib import Path
+from typing import Any, Iterator, Optional
 
 from engines.errors import StudioError
+from engines.manga.panels import PanelRequest
 from engines.progress import CancelToken
-from studio.manga_view import (RANDOM_SEED, SD_SAMPLERS, SIZE_PRESETS, embedding_names,
+from studio.manga_view import (MODELS, PICTURES, RANDOM_SEED, SD_SAMPLERS, SIZE_PRESETS, embedding_names,
                                fields_from_png, history, lora_names, model_choices, parameters_text,
                                progress_html, request_from_values, with_lora, with_word)
 from studio import pages_section
 from studio.queue import GPU_QUEUE
-from studio.widgets import gallery_path, selected_item
+from studio.widgets import gallery_path, gradio_hints, selected_item
 
 PREVIEW_EVERY = 2  # steps between live previews
 ORIGIN_SAMPLERS = ("ddim", "dpm++", "euler_a", "ddpm")
@@ -29,35 +35,70 @@ def build(ctx) -> dict[str, Any]:
     paths = ctx.settings.paths
     f: dict[str, Any] = {}
 
-    def generate(prompt: str, model: str, negative: str = "", sampler: str = "", steps: int = 0, cfg: float = 0.0,
-                 width: int = 0, height: int = 0, seed: int = RANDOM_SEED, batch_count: int = 1,
-                 batch_size: int = 1, clip_skip: int = 2, vae: str = "", reference: str = "",
-                 reference_scale: float = 0.6, reference_variant: str = "plain", second_reference: str = "",
-                 reference_split: str = "left-right", hires_scale: float = 1.0,
-                 hires_strength: float = 0.5, hires_upscaler: str = "lanczos", upscale: int = 1) -> list[dict]:
-        """Panels from a prompt; model is an Origin run or an SD 1.5 checkpoint (name in models/, path or HF id);
-        reference is a picture of the character on the studio's machine (kept across panels); second_reference
-        a second character, drawn in the other half (reference_split "left-right" or "top-bottom").
+    def outputs_of(request: Any) -> Path:
+        """Where this user's results go and their history is read (a demo visitor: their own folder)."""
+        return ctx.access.outputs(request, paths.outputs)
 
-        Returns one entry per picture: its file on the studio's machine, its seed and its A1111 parameters."""
-        from engines.manga.panels import check, generate_panels
+    def checked(values: dict[str, Any], request: Any) -> tuple[PanelRequest, Any]:
+        """The widgets' values as a checked request, each picture and model first checked by ``ctx.access``,
+        and the context whose engines write to this user's outputs; one sentence before any model loads."""
+        from engines.manga.panels import check
 
-        request = request_from_values(dict(locals()))
+        job_ctx = ctx.with_outputs(outputs_of(request))
         try:
-            check(request, paths)
-            result = ctx.jobs.run("generate", lambda on_step, cancel: generate_panels(request, ctx, on_step=on_step,
-                                                                                      cancel=cancel))
+            job = request_from_values(ctx.access.values(values, request, pictures=PICTURES, models=MODELS))
+            check(job, job_ctx.settings.paths)
         except StudioError as error:
             raise gr.Error(str(error)) from error
-        # "file", not "path": gradio_client would take a dict with a "path" for a file and download it.
-        return [{"file": str(path), "seed": seed, "parameters": parameters_text(str(path))}
-                for path, seed in result.pictures]
+        return job, job_ctx
 
-    def backend_hint(model: Optional[str]) -> str:
+    def picture(value: Any, request: Any, what: str = "The picture") -> Optional[str]:
+        """A picture picked in a history or dropped in, as ``ctx.access`` lets this user have it."""
+        try:
+            return ctx.access.path(value, request, what=what) or None
+        except StudioError as error:
+            raise gr.Error(str(error)) from error
+
+    def generate(prompt: str, model: str, negative: str = "", sampler: str = "", steps: int = 0, cfg: float = 0.0,
+                 width: int = 0, height: int = 0, seed: int = RANDOM_SEED, batch: int = 1,
+                 batch_size: int = 1, clip_skip: int = 2, vae: str = "", reference: str = "",
+                 reference_scale: float = 0.6, reference_variant: str = "plain", second_reference: str = "",
+                 reference_split: str = "left-right", hires: float = 1.0,
+                 hires_strength: float = 0.5, hires_upscaler: str = "lanczos", upscale: int = 1,
+                 detail: float = 0.3, vibrancy: float = 0.15, request: gr.Request = None) -> Iterator[Any]:
+        """Panels from a prompt; model is an Origin run or an SD 1.5 checkpoint (name in models/, path or HF id);
+        reference is a picture of the character on the studio's machine (kept across panels); second_reference
+        a second character, drawn in the other half (reference_split "left-right" or "top-bottom"); upscale,
+        detail and vibrancy are Origin's. On a shared studio every picture and model path must lie in its data
+        folder. The names are `app.py generate`'s flags (batch: how many pictures, seeds seed, seed+1, ...;
+        hires: the hires fix's scale, 1 = off); batch_size is how many of them are drawn at once (SD).
+
+        Returns one entry per picture: its file on the studio's machine, its seed and its A1111 parameters
+        (streamed after {"progress", "total", "message"} updates: predict() gives the pictures)."""
+        from engines.manga.panels import generate_panels
+
+        values = {k: v for k, v in locals().items() if k not in ("request", "batch", "hires")}
+        job, job_ctx = checked({**values, "batch_count": batch, "hires_scale": hires}, request)
+        # "file", not "path": gradio_client would take a dict with a "path" for a file and download it.
+        def pictures(result: Any) -> list[dict]:
+            return [{"file": str(path), "seed": seed, "parameters": parameters_text(str(path))}
+                    for path, seed in result.pictures]
+
+        try:
+            yield from ctx.jobs.updates("generate", lambda on_step, cancel: generate_panels(
+                job, job_ctx, on_step=on_step, cancel=cancel), pictures)
+        except StudioError as error:
+            raise gr.Error(str(error)) from error
+
+    def backend_hint(model: Optional[str], request: gr.Request = None) -> str:
         from engines.manga.panels import is_origin_model
 
         if not model:
             return "Choose a model to draw with."
+        try:
+            model = ctx.access.model(model, request, what="The model")
+        except StudioError as error:
+            return str(error)
         if is_origin_model(str(model), paths.runs):
             return "**Origin model**: samplers ddim, dpm++, euler_a, ddpm; Upscale and enhancement apply."
         return "**SD 1.5 checkpoint**: A1111 prompts, LoRAs, embeddings, clip skip and the hires fix apply."
@@ -148,7 +189,9 @@ def build(ctx) -> dict[str, Any]:
                 shown = gr.Textbox(label="Settings of the picture (A1111 format)", lines=4, interactive=False,
                                    elem_id="manga-parameters")
                 with gr.Accordion("History (newest first; click one, then Use these settings)", open=True):
-                    history_gallery = gr.Gallery(value=history(paths.outputs), columns=6, height=260,
+                    # A demo visitor's page starts empty: the load event fills in each user's own history.
+                    history_gallery = gr.Gallery(value=[] if ctx.access.demo else history(paths.outputs),
+                                                 columns=6, height=260,
                                                  allow_preview=False, interactive=False, elem_id="manga-history")
                     with gr.Row():
                         reuse = gr.Button("Use these settings", size="sm", elem_id="manga-reuse")
@@ -156,8 +199,9 @@ def build(ctx) -> dict[str, Any]:
                     dropped = gr.File(label="Drop a PNG from A1111, ComfyUI or Inkframe to read its settings",
                                       file_types=[".png", ".jpg", ".jpeg", ".webp"], elem_id="manga-drop")
         # Inside the Tab: a State or an API endpoint directly under gr.Tabs shows up as a phantom tab button.
-        session = gr.State(dict)
+        session = gr.State({})
         selected = gr.State(None)
+        gradio_hints(generate)  # gradio hides the request from the API by its annotation
         gr.api(generate, api_name="generate", **GPU_QUEUE)
         with gr.Accordion("Pages: compose panels into a manga page, letter it, export PNG, PDF or CBZ", open=False,
                           elem_id="manga-pages"):
@@ -165,17 +209,14 @@ def build(ctx) -> dict[str, Any]:
 
     names = list(f)
 
-    def generate_handler(state: dict, *values: Any):
-        from engines.manga.panels import check, generate_panels
+    def generate_handler(state: dict, request: gr.Request, *values: Any):
+        from engines.manga.panels import generate_panels
 
-        request = request_from_values({**dict(zip(names, values)), "preview_every": PREVIEW_EVERY})
-        try:
-            check(request, paths)
-        except StudioError as error:
-            raise gr.Error(str(error)) from error
+        job, job_ctx = checked({**dict(zip(names, values)), "preview_every": PREVIEW_EVERY}, request)
+        outputs = job_ctx.settings.paths.outputs
         token = state["cancel"] = CancelToken()
         yield progress_html(0, 0, "Starting…", "running"), None, gr.skip(), gr.skip(), gr.skip(), gr.skip()
-        call = lambda on_step, c: generate_panels(request, ctx, on_step=on_step, cancel=c)  # noqa: E731
+        call = lambda on_step, c: generate_panels(job, job_ctx, on_step=on_step, cancel=c)  # noqa: E731
         step = total = 0
         for event in ctx.jobs.stream("generate", call, token):
             if event.kind == "progress":
@@ -190,10 +231,10 @@ def build(ctx) -> dict[str, Any]:
                 yield (progress_html(total or 1, total or 1, f"{len(made)} picture(s) in "
                                      f"{event.result.seconds:.1f} s", "done"), gr.skip(),
                        [(str(p), f"seed {s}") for p, s in made], parameters_text(first),
-                       history(paths.outputs), first)
+                       history(outputs), first)
             elif event.kind == "cancelled":
                 yield (progress_html(step, total, event.message, "stopped"), gr.skip(), gr.skip(), gr.skip(),
-                       history(paths.outputs), gr.skip())
+                       history(outputs), gr.skip())
             else:
                 raise gr.Error(event.error)
 
@@ -201,14 +242,12 @@ def build(ctx) -> dict[str, Any]:
         if state.get("cancel") is not None:
             state["cancel"].cancel()
 
-    def select_handler(items: Any, event: gr.SelectData):
-        item = selected_item(items, event.index)
-        path = gallery_path(item)
+    def select_handler(items: Any, event: gr.SelectData, request: gr.Request):
+        path = picture(gallery_path(selected_item(items, event.index)), request)
         return path, parameters_text(path) if path else ""
 
-    select_handler.__annotations__["event"] = gr.SelectData  # gradio reads the event type from the annotation
-
-    def fill_from(path: Optional[str]):
+    def fill_from(path: Optional[str], request: gr.Request):
+        path = picture(path, request)
         if not path:
             raise gr.Error("Click a picture in the history first.")
         try:
@@ -218,14 +257,25 @@ def build(ctx) -> dict[str, Any]:
         updates = [gr.update(value=values[n]) if n in values else gr.skip() for n in names]
         return (*updates, "custom", parameters_text(str(path)))
 
-    def drop_handler(file: Any):
+    def drop_handler(file: Any, request: gr.Request):
         if file is None:
             return (*[gr.skip() for _ in names], gr.skip(), gr.skip())
-        return fill_from(str(getattr(file, "name", file)))
+        return fill_from(picture(str(getattr(file, "name", file)), request, "The dropped picture"), request)
 
     def refresh_choices():
         return (gr.update(choices=model_choices(paths)), gr.update(choices=lora_names(paths)),
                 gr.update(choices=embedding_names(paths)))
+
+    def history_handler(request: gr.Request) -> list:
+        return history(outputs_of(request))
+
+    page_load, page_outputs = pages["on_load"]
+
+    def per_user(request: gr.Request) -> tuple:
+        """This user's history and pages, for the page's load event (studio/app.py)."""
+        return (history_handler(request), *page_load(request))
+
+    gradio_hints(backend_hint, generate_handler, select_handler, fill_from, drop_handler, history_handler, per_user)
 
     inputs = [session, *f.values()]
     start.click(generate_handler, inputs=inputs,
@@ -247,6 +297,7 @@ def build(ctx) -> dict[str, Any]:
     results.select(select_handler, inputs=results, outputs=[selected, shown], **private)
     reuse.click(fill_from, inputs=selected, outputs=[*f.values(), size_preset, shown], **private)
     dropped.upload(drop_handler, inputs=dropped, outputs=[*f.values(), size_preset, shown], **private)
-    refresh_history.click(lambda: history(paths.outputs), outputs=history_gallery, queue=False, **private)
+    refresh_history.click(history_handler, outputs=history_gallery, queue=False, **private)
     return {"fields": f, "generate": generate, "generate_handler": generate_handler, "fill_from": fill_from,
-            "cancel": cancel_handler, "backend_hint": backend_hint, "selected": selected, "pages": pages}
+            "cancel": cancel_handler, "backend_hint": backend_hint, "selected": selected, "pages": pages,
+            "on_load": (per_user, [history_gallery, *page_outputs])}

@@ -1,6 +1,6 @@
 """What the Text-to-Manga tab shows, as plain data: the model list, the history, a PNG's settings as fields.
 
-No gradio and no torch here, so each piece is tested on its own (tests/test_manga_tab.py).
+No gradio and no torch here, so each piece is tested on its own (tests/test_manga_tab.py, test_share_manga.py).
 """
 
 from __future__ import annotations
@@ -26,6 +26,9 @@ SD_SAMPLERS = ("DPM++ 2M Karras", "Euler a", "Euler", "DPM++ 2M", "DPM++ 2M SDE 
                "UniPC", "DDIM", "Heun", "LMS", "LCM")
 ORIGIN_PREFIX = "Origin · "
 SD_PREFIX = "SD 1.5 · "
+# What each picture and model is called in the sentence that refuses it on a shared studio (studio/access.py).
+PICTURES = {"reference": "The reference picture", "second_reference": "The second character's picture"}
+MODELS = {"model": "The model", "vae": "The VAE"}
 
 
 def model_choices(paths: Any) -> list[tuple[str, str]]:
@@ -147,3 +150,5 @@ def request_from_values(values: dict[str, Any]) -> PanelRequest:
 
 def progress_html(step: int, total: int, message: str = "", state: str = "idle") -> str:
     return progress_gauge("manga-progress-bar", "Steps", step, total, message, state, step=step, total=total)
+
+

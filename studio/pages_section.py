@@ -3,25 +3,32 @@
 Layout and wiring only; the page engine is ``engines.manga`` (compose, page_fill, page_output) and the
 data shaping is studio/pages_view.py. Every change is written to the page's project file at once
 (``outputs/pages/<name>/page.json``) and the preview is drawn from it again, so closing the browser
-never loses a page. The jobs are also the public endpoints ``/page`` and ``/chapter``, named like
-their CLI commands, with the CLI's options as named parameters.
+never loses a page. The jobs are also the public endpoints ``/compose_page`` (`app.py page`) and
+``/chapter``, with the CLI's options as named parameters (the file's format instead of ``--output``).
+
+Every picture, page and model a user names goes through ``ctx.access`` (studio/access.py), and pages
+are made in, and found by name in, ``ctx.access.outputs``: a demo visitor's own folder, where the
+pages the studio writes to must lie.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
-from engines.errors import StudioError
+from engines.errors import InvalidRequestError, StudioError
 from engines.manga.page_model import ALIGNMENTS, BUBBLE_STYLES, TONE_MODES, PageSpec, Tone
 from engines.progress import CancelToken
+from studio.access import path_text
+from studio.access import prompt_loras
 from studio.pages_view import (CLICK_MODES, CUSTOM, add_bubble, bubble_choices, bubble_fields, clicked_bubble,
                                clicked_panel, delete_bubble, direction_value, edit_bubble, layout_choices,
                                page_choices, paper_choices, point_in_panel, refocus, render, settings_changes,
                                status, without_empty_tail)
 from studio.queue import GPU_QUEUE
-from studio.widgets import progress_gauge
+from studio.widgets import gradio_hints, progress_gauge
 
 READINGS = ("right to left (manga)", "left to right")
 
@@ -43,6 +50,37 @@ def build(ctx, manga: dict[str, Any]) -> dict[str, Any]:
 
     def fail(error: StudioError) -> Exception:
         return gr.Error(str(error))
+
+    # --- who may name what (studio/access.py) ------------------------------------------------------------
+    def outputs_of(request: Any) -> Path:
+        """Where this user's pages are made and found by name (a demo visitor: their own folder)."""
+        return ctx.access.outputs(request, paths.outputs)
+
+    def page_path(value: Any, request: Any, what: str, *, own: bool = False) -> Optional[Path]:
+        """A page by its name in this user's outputs/pages, else by path, as ``ctx.access`` allows it; ``own``
+        (the studio will write to it): a demo visitor's must be one of their own pages."""
+        from engines.manga.project import find_page
+
+        text = path_text(value)
+        if not text:
+            return None
+        outputs = outputs_of(request)
+        path = Path(ctx.access.path(str(find_page(outputs, text) or text), request, what=what))
+        if own and outputs != paths.outputs and not path.resolve().is_relative_to(outputs.resolve()):
+            raise InvalidRequestError(f"{what} '{text}' is not one of your pages: on a demo link, use a page you made.")
+        return path
+
+    def numbered_path(value: str, request: Any) -> str:
+        """A "[N=]picture" value with its picture checked by ``ctx.access``."""
+        number, path = re.match(r"^(\d+=)?(.*)$", str(value), re.S).groups()
+        return (number or "") + ctx.access.path(path, request, what="The panel's picture")
+
+    def check_models(model: Any, reference: Any, prompts: list[str], request: Any) -> tuple[str, str]:
+        """The model and reference as ``ctx.access`` allows them, and every LoRA the prompts name checked."""
+        for name in prompt_loras(*prompts):
+            ctx.access.model(name, request, what="The LoRA")
+        return (ctx.access.model(model, request, what="The model"),
+                ctx.access.path(reference, request, what="The reference picture"))
 
     # --- the page on disk and on screen --------------------------------------------------------
     def current(state: dict) -> tuple[PageSpec, Path]:
@@ -81,56 +119,69 @@ def build(ctx, manga: dict[str, Any]) -> dict[str, Any]:
                 gr.update(value=spec.panels[panel - 1].fit if panel <= len(spec.panels) else "cover"), *editor)
 
     # --- public endpoints ------------------------------------------------------------------------
-    def page(layout: str = "", panels: Optional[list[str]] = None, prompts: Optional[list[str]] = None,
-             bubbles: Optional[list[str]] = None, reading: str = "", tone: str = "", size: str = "", dpi: int = 0,
-             model: str = "", reference: str = "", style: str = "", seed: Optional[int] = None, sampler: str = "",
-             steps: int = 0, cfg: float = 0.0, name: str = "", project: str = "", output_format: str = "png") -> dict:
-        """Compose a page, as `app.py page` does. panels: pictures on the studio's machine, "[N=]path"; prompts:
-        "[N=]text", drawn with model; bubbles: "N:text[:style]"; reading "rtl"/"ltr"; tone none/grey/screentone/ink;
-        size B5/A5/A4/US comic/WxHmm; project: a saved page to start from. Returns the written file and the
-        project's folder (the page opens in the studio's Pages section)."""
+    def compose_page(layout: str = "", project: str = "", panel: Optional[list[str]] = None,
+                     prompt: Optional[list[str]] = None, bubble: Optional[list[str]] = None, reading: str = "",
+                     tone: str = "", lpi: Optional[float] = None, tone_angle: Optional[float] = None, size: str = "",
+                     dpi: int = 0, margin: Optional[float] = None, gutter: Optional[float] = None,
+                     bleed: Optional[float] = None, fit: str = "", model: str = "", reference: str = "",
+                     style: str = "", seed: Optional[int] = None, sampler: str = "", steps: int = 0,
+                     cfg: float = 0.0, name: str = "", output_format: str = "png", request: gr.Request = None) -> Iterator[Any]:
+        """Compose a page, as `app.py page` does. project: a saved page to start from (its name or path); panel:
+        pictures on the studio's machine, "[N=]path"; prompt: "[N=]text", drawn with model; bubble:
+        "N:text[:style]"; reading "rtl"/"ltr"; tone none/grey/screentone/ink; size B5/A5/A4/US comic/WxHmm;
+        margin, gutter, bleed in mm; fit cover/contain. On a shared studio every path must lie in its data folder.
+        Returns the written file and the project's folder (the page opens in the studio's Pages section)."""
         from engines.manga.page_request import PageRequest, make_page
 
-        request = PageRequest(layout=layout or None, panels=tuple(panels or ()), prompts=tuple(prompts or ()),
-                              bubbles=tuple(bubbles or ()), reading=reading or None, tone=tone or None,
-                              size=size or None, dpi=int(dpi) or None, model=model or None,
-                              reference=reference or None,
-                              style=style or None, seed=seed, sampler=sampler or None, steps=int(steps) or None,
-                              cfg=float(cfg) or None, name=name or None, project=project or None)
+        job_ctx = ctx.with_outputs(outputs_of(request))
         try:
-            result = ctx.jobs.run("page", lambda on_step, cancel: make_page(
-                request, ctx, suffix=f".{output_format.strip('.').lower()}", on_step=on_step, cancel=cancel,
-                fonts=fonts))
+            model, reference = check_models(model, reference, [*(prompt or ()), style], request)
+            found = page_path(project, request, "The page project", own=True)
+            job = PageRequest(layout=layout or None, panels=tuple(numbered_path(p, request) for p in panel or ()),
+                              prompts=tuple(prompt or ()), bubbles=tuple(bubble or ()), reading=reading or None,
+                              tone=tone or None, lpi=lpi, tone_angle=tone_angle, size=size or None,
+                              dpi=int(dpi) or None, margin=margin, gutter=gutter, bleed=bleed, fit=fit or None,
+                              model=model or None, reference=reference or None, style=style or None, seed=seed,
+                              sampler=sampler or None, steps=int(steps) or None, cfg=float(cfg) or None,
+                              name=name or None, project=str(found) if found else None)
+            yield from ctx.jobs.updates("page", lambda on_step, cancel: make_page(
+                job, job_ctx, suffix=f".{output_format.strip('.').lower()}", on_step=on_step, cancel=cancel,
+                fonts=fonts), lambda result: {"file": str(result.output), "project": str(result.folder),
+                                              "width": result.size[0], "height": result.size[1]})
         except StudioError as error:
             raise fail(error) from error
-        return {"file": str(result.output), "project": str(result.folder), "width": result.size[0],
-                "height": result.size[1]}
 
-    def chapter(pages: list[str], output_format: str = "cbz", reading: str = "rtl", title: str = "") -> dict:
-        """Pages in order (page folders or names under outputs/pages, or page images) as one CBZ or PDF."""
-        from engines.manga.page_output import export_chapter
-        from engines.manga.project import find_page
+    def chapter(page: list[str], reading: str = "", title: str = "", output_format: str = "cbz",
+                request: gr.Request = None) -> dict:
+        """Pages in order (page folders or names under outputs/pages, or page images) as one CBZ or PDF, as
+        `app.py chapter` does; reading "rtl"/"ltr" (default: what the page projects say, else right to left)."""
+        from engines.manga.page_output import export_chapter, reading_of
 
-        if not pages:
+        if not page:
             raise gr.Error("Choose the pages of the chapter, in reading order.")
-        sources = [find_page(paths.outputs, str(p)) or Path(str(p)) for p in pages]
-        folder = paths.outputs / "pages" / "chapters"
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = outputs_of(request) / "pages" / "chapters"
         stem = (title or "chapter").strip().replace("/", "-").replace("\\", "-") or "chapter"
         output = folder / f"{stem}.{output_format.strip('.').lower()}"
         try:
+            sources = [page_path(p, request, "The page") or Path() for p in page]
+            rtl = (reading or reading_of(sources) or "rtl") != "ltr"
+            folder.mkdir(parents=True, exist_ok=True)
             images = ctx.jobs.run("chapter", lambda on_step, cancel: export_chapter(
-                sources, output, rtl=reading != "ltr", title=title, fonts=fonts), uses_gpu=False)
+                sources, output, rtl=rtl, title=title, fonts=fonts), uses_gpu=False)
         except StudioError as error:
             raise fail(error) from error
         return {"file": str(output), "pages": len(images)}
+
+    gradio_hints(compose_page, chapter)  # gradio hides the request from the API by its annotation
 
     # --- layout ---------------------------------------------------------------------------------------
     gr.Markdown("Compose panels into a page: pick a layout, drop a picture into each panel (or draw it from a "
                 "prompt with the model above), click the page to place speech bubbles, then export. Panel 1 is "
                 "read first; every change is saved in `outputs/pages/`.")
     with gr.Row():
-        c["page_pick"] = gr.Dropdown(label="Page", choices=page_choices(paths.outputs), elem_id="pages-pick", scale=3)
+        # A demo visitor's page starts with no pages: the load event fills in each user's own.
+        own_pages = [] if ctx.access.demo else page_choices(paths.outputs)
+        c["page_pick"] = gr.Dropdown(label="Page", choices=own_pages, elem_id="pages-pick", scale=3)
         new_page = gr.Button("New page", variant="primary", elem_id="pages-new", scale=1)
         refresh_pages = gr.Button("↻", size="sm", min_width=40, elem_id="pages-refresh", scale=0)
     with gr.Row():
@@ -202,16 +253,16 @@ def build(ctx, manga: dict[str, Any]) -> dict[str, Any]:
             c["export"] = gr.File(label="Exported page", interactive=False, elem_id="pages-export-file")
             with gr.Accordion("Chapter: pages in order as CBZ or PDF", open=False):
                 c["chapter_pages"] = gr.Dropdown(label="Pages, in reading order", multiselect=True,
-                                                 choices=page_choices(paths.outputs), elem_id="pages-chapter-pages")
+                                                 choices=own_pages, elem_id="pages-chapter-pages")
                 with gr.Row():
                     c["chapter_title"] = gr.Textbox(label="Title", value="chapter-01")
                     c["chapter_reading"] = gr.Radio(["rtl", "ltr"], value="rtl", label="Book reads")
                 with gr.Row():
-                    make_cbz = gr.Button("Make CBZ", elem_id="pages-make-cbz")
-                    make_pdf = gr.Button("Make PDF", elem_id="pages-make-pdf")
+                    make_cbz_button = gr.Button("Make CBZ", elem_id="pages-make-cbz")
+                    make_pdf_button = gr.Button("Make PDF", elem_id="pages-make-pdf")
                 c["chapter_file"] = gr.File(label="Chapter", interactive=False, elem_id="pages-chapter-file")
-    state = gr.State(dict)
-    gr.api(page, api_name="page", **GPU_QUEUE)
+    state = gr.State({})
+    gr.api(compose_page, api_name="compose_page", **GPU_QUEUE)
     gr.api(chapter, api_name="chapter")
 
     # --- handlers ------------------------------------------------------------------------------------
@@ -223,18 +274,24 @@ def build(ctx, manga: dict[str, Any]) -> dict[str, Any]:
     def tone_of(mode: str, lpi: float, angle: float, threshold: float) -> Tone:
         return Tone(mode=mode, lpi=float(lpi), angle=float(angle), threshold=int(threshold))
 
-    def new(state: dict, *values: Any):
+    def new(state: dict, request: gr.Request, *values: Any):
+        outputs = outputs_of(request)
         try:
-            spec = PageSpec(name=new_page_name(paths.outputs), **settings_changes(*values))
+            spec = PageSpec(name=new_page_name(outputs), **settings_changes(*values))
         except StudioError as error:
             raise fail(error) from error
         state["bubble"] = None
-        return (*commit(state, spec, page_folder(paths.outputs, spec.name), panel=1),
-                gr.update(choices=page_choices(paths.outputs), value=str(page_folder(paths.outputs, spec.name))))
+        folder = page_folder(outputs, spec.name)
+        return (*commit(state, spec, folder, panel=1),
+                gr.update(choices=page_choices(outputs), value=str(folder)))
 
-    def open_page(state: dict, folder: Optional[str]):
+    def open_page(state: dict, folder: Optional[str], request: gr.Request):
         if not folder:
             return tuple(gr.skip() for _ in shown) + tuple(gr.skip() for _ in settings_inputs)
+        try:
+            folder = str(page_path(folder, request, "The page", own=True))
+        except StudioError as error:
+            raise fail(error) from error
         state.update(folder=folder, bubble=None)
         spec, where = current(state)
         layouts = {value for _, value in layout_choices()}
@@ -273,7 +330,7 @@ def build(ctx, manga: dict[str, Any]) -> dict[str, Any]:
         spec, folder = current(state)
         return commit(state, spec, folder, panel=int(panel))
 
-    def set_picture(state: dict, panel: int, picture: Optional[str]):
+    def set_picture(state: dict, panel: int, picture: Optional[str], request: gr.Request):
         from engines.manga.compose import with_panel
         from engines.manga.project import import_picture
 
@@ -281,6 +338,7 @@ def build(ctx, manga: dict[str, Any]) -> dict[str, Any]:
             return (*tuple(gr.skip() for _ in shown), gr.skip())
         spec, folder = current(state)
         try:
+            picture = ctx.access.path(picture, request, what="The panel's picture")
             name = import_picture(folder, int(panel or 1), Path(str(picture)))
         except StudioError as error:
             raise fail(error) from error
@@ -298,10 +356,10 @@ def build(ctx, manga: dict[str, Any]) -> dict[str, Any]:
                 return number
         return after
 
-    def from_history(state: dict, panel: int, chosen: Optional[str]):
+    def from_history(state: dict, panel: int, chosen: Optional[str], request: gr.Request):
         if not chosen:
             raise gr.Error("Click a picture in the history first (the Panels section above).")
-        return set_picture(state, panel, chosen)[:-1]
+        return set_picture(state, panel, chosen, request)[:-1]
 
     def set_panel_text(state: dict, panel: int, prompt: str, fit: str, style_prompt: str):
         from engines.manga.compose import with_panel
@@ -341,8 +399,6 @@ def build(ctx, manga: dict[str, Any]) -> dict[str, Any]:
         except StudioError as error:
             raise fail(error) from error
 
-    click.__annotations__["event"] = gr.SelectData  # gradio reads the event type from the annotation
-
     def edit(state: dict, bubble: Optional[int], text: str, style: str, font_size: float, bold: bool, align: str,
              direction: str, font: Optional[str]):
         if bubble is None or not state.get("folder"):
@@ -371,28 +427,32 @@ def build(ctx, manga: dict[str, Any]) -> dict[str, Any]:
         return commit(state, spec, folder)
 
     def draw(state: dict, numbers: Optional[list[int]], prompt: Optional[str], style_prompt: str, model: str,
-             reference: Optional[str], sampler: str, steps: float, cfg: float):
+             reference: Optional[str], sampler: str, steps: float, cfg: float, request: Any):
         from engines.manga.compose import with_panel
         from engines.manga.page_fill import fill_panels, panel_requests, panels_to_fill
 
         spec, folder = current(state)
-        spec = replace(spec, model=str(model or ""), reference=str(reference or ""), sampler=sampler or "",
-                       steps=int(steps or 0), cfg=float(cfg or 0), style_prompt=style_prompt or "")
+        job_ctx = ctx.with_outputs(outputs_of(request))
+        spec = replace(spec, sampler=sampler or "", steps=int(steps or 0), cfg=float(cfg or 0),
+                       style_prompt=style_prompt or "")
         if numbers and prompt is not None:  # the prompt as typed, even if the box has not lost focus yet
             spec = with_panel(spec, numbers[0], prompt=prompt)
         try:
             wanted = panels_to_fill(spec, numbers)
             if not wanted:
                 raise gr.Error("No panel to draw: write a prompt for a panel that has no picture.")
-            panel_requests(spec, paths, wanted)
+            prompts = [spec.style_prompt, *(spec.panels[n - 1].prompt for n in wanted)]
+            model, reference = check_models(model, reference, prompts, request)
+            spec = replace(spec, model=str(model or ""), reference=str(reference or ""))
+            panel_requests(spec, job_ctx.settings.paths, wanted)
         except StudioError as error:
             raise fail(error) from error
         token = state["cancel"] = CancelToken()
         skip = tuple(gr.skip() for _ in shown)
         yield (_progress(0, 0, "Starting…", "running"), *skip)
         step = total = 0
-        call = lambda on_step, c: fill_panels(spec, folder, ctx, numbers=wanted, on_step=on_step,  # noqa: E731
-                                              cancel=c)
+        call = lambda on_step, c: fill_panels(spec, folder, job_ctx, numbers=wanted,  # noqa: E731
+                                              on_step=on_step, cancel=c)
         for event in ctx.jobs.stream("page", call, token):
             if event.kind == "progress":
                 step, total = event.step, event.total
@@ -406,11 +466,14 @@ def build(ctx, manga: dict[str, Any]) -> dict[str, Any]:
             else:
                 raise gr.Error(event.error)
 
-    def draw_panel(state: dict, panel: int, prompt: str, *rest: Any):
-        yield from draw(state, [int(panel or 1)], prompt, *rest)
+    def draw_panel(state: dict, panel: int, prompt: str, style_prompt: str, model: str, reference: Optional[str],
+                   sampler: str, steps: float, cfg: float, request: gr.Request):
+        yield from draw(state, [int(panel or 1)], prompt, style_prompt, model, reference, sampler, steps, cfg,
+                        request)
 
-    def draw_empty(state: dict, *rest: Any):
-        yield from draw(state, None, None, *rest)
+    def draw_empty(state: dict, style_prompt: str, model: str, reference: Optional[str], sampler: str, steps: float,
+                   cfg: float, request: gr.Request):
+        yield from draw(state, None, None, style_prompt, model, reference, sampler, steps, cfg, request)
 
     def export(state: dict, suffix: str):
         from engines.manga.page_output import export_page
@@ -424,14 +487,26 @@ def build(ctx, manga: dict[str, Any]) -> dict[str, Any]:
             raise fail(error) from error
         return str(target)
 
-    def make_chapter(pages: Optional[list[str]], title: str, reading: str, output_format: str) -> str:
-        return chapter(list(pages or []), output_format, reading, title)["file"]
+    def make_chapter(pages: Optional[list[str]], title: str, reading: str, output_format: str, request: Any) -> str:
+        return chapter(list(pages or []), reading, title, output_format, request)["file"]
+
+    def make_cbz(pages: Optional[list[str]], title: str, reading: str, request: gr.Request) -> str:
+        return make_chapter(pages, title, reading, "cbz", request)
+
+    def make_pdf(pages: Optional[list[str]], title: str, reading: str, request: gr.Request) -> str:
+        return make_chapter(pages, title, reading, "pdf", request)
+
+    def pages_of(request: gr.Request) -> tuple:
+        """This user's pages for the page picker and the chapter's list (also the page's load event)."""
+        choices = page_choices(outputs_of(request))
+        return gr.update(choices=choices), gr.update(choices=choices)
+
+    gradio_hints(new, open_page, set_picture, from_history, click, draw_panel, draw_empty, make_cbz, make_pdf,
+                 pages_of)
 
     private = dict(api_visibility="private", show_progress="hidden")
     new_page.click(new, inputs=[state, *settings_inputs], outputs=[*shown, c["page_pick"]], **private)
-    refresh_pages.click(lambda: (gr.update(choices=page_choices(paths.outputs)),
-                                 gr.update(choices=page_choices(paths.outputs))),
-                        outputs=[c["page_pick"], c["chapter_pages"]], queue=False, **private)
+    refresh_pages.click(pages_of, outputs=[c["page_pick"], c["chapter_pages"]], queue=False, **private)
     c["page_pick"].input(open_page, inputs=[state, c["page_pick"]], outputs=[*shown, *settings_inputs], **private)
     for widget in settings_inputs:
         widget.input(apply_settings, inputs=[state, *settings_inputs], outputs=shown, trigger_mode="always_last",
@@ -464,6 +539,8 @@ def build(ctx, manga: dict[str, Any]) -> dict[str, Any]:
     export_png.click(lambda s: export(s, ".png"), inputs=state, outputs=c["export"], **private)
     export_pdf.click(lambda s: export(s, ".pdf"), inputs=state, outputs=c["export"], **private)
     chapter_inputs = [c["chapter_pages"], c["chapter_title"], c["chapter_reading"]]
-    make_cbz.click(lambda *v: make_chapter(*v, "cbz"), inputs=chapter_inputs, outputs=c["chapter_file"], **private)
-    make_pdf.click(lambda *v: make_chapter(*v, "pdf"), inputs=chapter_inputs, outputs=c["chapter_file"], **private)
-    return {"fields": c, "page": page, "chapter": chapter, "state": state}
+    make_cbz_button.click(make_cbz, inputs=chapter_inputs, outputs=c["chapter_file"], **private)
+    make_pdf_button.click(make_pdf, inputs=chapter_inputs, outputs=c["chapter_file"], **private)
+    return {"fields": c, "compose_page": compose_page, "chapter": chapter, "state": state, "new": new,
+            "open_page": open_page, "set_picture": set_picture, "draw_panel": draw_panel,
+            "on_load": (pages_of, [c["page_pick"], c["chapter_pages"]])}

@@ -4,13 +4,17 @@ Nothing here holds a run in memory: a run is its folder (``engines/origin/traini
 closed browser or a restarted studio finds every run as it is, and the buttons steer through the
 folder's control flags. A 2-second timer refreshes the selected run's view from its folder
 (``training_view.py``); plots are sent only when the run logged something new.
+
+The public endpoints are ``/train_start`` (``app.py train``'s flags by name), ``/train_status`` and
+``/train_stop``; every other event is private UI plumbing. Only the owner trains on a demo link, and on
+a shared studio every folder a visitor names must lie inside the data folder (studio/access.py).
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from engines.errors import StudioError
 from engines.origin.model.config import EXPERT_NAMES, LossConfig, OriginConfig
@@ -29,10 +33,14 @@ from studio.training_view import (
     log_tail,
     progress_html,
     run_rows,
+    run_status,
     sample_grid,
     sample_steps,
+    start_from_flags,
 )
+from studio.widgets import gradio_hints
 
+WHAT = "train models"  # what a demo link keeps for the owner (Access.require_owner)
 REFRESH_S = 2.0
 PLOTS_RESEND_S = 10.0
 PLOTS = {  # key -> (title, y axis)
@@ -61,20 +69,88 @@ def build(ctx) -> dict[str, Any]:
 
     from engines.origin.training import runs
 
-    paths = ctx.settings.paths
+    paths, access = ctx.settings.paths, ctx.access
     defaults = OriginConfig()
     views = RunViews()
     fields: dict[str, Any] = {}
     plots: dict[str, Any] = {}
 
-    def train_runs() -> list[dict]:
-        """Every run in runs/: name, state, step, total_steps, epoch, epochs, error, checkpoints."""
-        return [{"name": i.name, "state": i.state, "step": i.step, "total_steps": i.total_steps,
-                 "epoch": i.epoch, "epochs": i.epochs, "error": i.error, "checkpoints": i.checkpoints,
-                 "newest_checkpoint": i.newest_checkpoint, "description": i.describe()}
-                for i in runs.list_runs(paths.runs)]
+    def allowed(request: Any) -> None:
+        """Only the owner trains on a demo link (checked here too: a private event can still be called)."""
+        try:
+            access.require_owner(request, WHAT)
+        except StudioError as error:
+            raise _fail(error) from error
 
-    with gr.Tab("Training", id="training", elem_id="tab-training"):
+    def where(value: Any, request: Any, what: str, base: Path) -> Optional[Path]:
+        """A folder or file a user named, kept inside the data folder on a shared studio; relative: in ``base``."""
+        try:
+            text = access.path(value, request, what=what, base=base)
+        except StudioError as error:
+            raise _fail(error) from error
+        return base / Path(text).expanduser() if text else None
+
+    def dataset_dir(value: Any, request: Any) -> Optional[Path]:
+        """A dataset: a folder in datasets/, or any folder's path (confined on a shared studio)."""
+        text = str(value or "").strip()
+        named = bool(text) and (paths.datasets / text).is_dir()
+        # Any other relative path is taken from the studio's working folder, as it always was.
+        return where(text, request, "The dataset folder", paths.datasets if named else Path.cwd())
+
+    def _run_dir(name: Any, request: Any = None) -> Path | None:
+        """The run folder of a run's name (or path), if it exists; confined to the data folder on a shared studio."""
+        run_dir = where(name, request, "The run folder", paths.runs) if name else None
+        return run_dir if run_dir is not None and run_dir.is_dir() else None
+
+    # -- the public endpoints: app.py train's flags by name ----------------------------------------
+    def train_start(run: str, data: str = "", resolution: Optional[int] = None, space: str = "auto", vae: str = "",
+                    epochs: Optional[int] = None, batch_size: Optional[int] = None, config: str = "",
+                    resume: bool = False, stage: str = "main", search: Optional[int] = None,
+                    max_steps: Optional[int] = None, sr_scale: int = 2, request: gr.Request = None) -> dict:
+        """Start a training run in its own process, as ``app.py train`` does with the same flags: run is a
+        name in runs/ (or a folder), data a folder in datasets/ (or a folder; a resumed run remembers its own),
+        space auto, pixel or latent, vae a hub id, folder or file, stage main or sr, config an OriginConfig
+        JSON file. Returns the run's name, status and a sentence."""
+        allowed(request)
+        if not str(run or "").strip():
+            raise gr.Error("Name the run to start with run.")
+        run_dir = where(run, request, "The run folder", paths.runs)
+        data_dir = dataset_dir(data, request)
+        config_file = where(config, request, "The config file", paths.root)
+        try:
+            start_from_flags(ctx.settings, run_dir, data=data_dir, config=config_file, resolution=resolution,
+                             space=space, vae=access.model(vae, request, what="The VAE") or None, epochs=epochs,
+                             batch_size=batch_size, resume=resume, stage=stage, search=search,
+                             max_steps=max_steps, sr_scale=sr_scale)
+        except (StudioError, ValueError, TypeError) as error:
+            raise _fail(error if isinstance(error, StudioError) else StudioError(str(error))) from error
+        info = runs.judge(run_dir)
+        return {"run": info.name, "status": info.state,
+                "message": f"{'Resuming' if resume else 'Started'} {info.name}: it trains in its own process; "
+                           "/train_status follows it."}
+
+    def train_status(run: str, request: gr.Request = None) -> dict:
+        """A run's status (queued, starting, running, finished, stopped or crashed), step and total steps,
+        epoch, newest loss, images per second, ETA in seconds, and its newest checkpoint and samples."""
+        allowed(request)
+        run_dir = _run_dir(run, request)
+        if run_dir is None:
+            raise gr.Error(f"There is no run {run} in the runs folder.")
+        return run_status(runs.judge(run_dir), views.snapshot(run_dir), paths.root)
+
+    def train_stop(run: str, request: gr.Request = None) -> dict:
+        """Stop a run as the Stop button does: a checkpoint after this step, then it ends (forced after a minute)."""
+        allowed(request)
+        run_dir = _run_dir(run, request)
+        if run_dir is None:
+            raise gr.Error(f"There is no run {run} in the runs folder.")
+        message = steer("stop", run, request)
+        info = runs.judge(run_dir)
+        return {"run": info.name, "status": info.state, "message": message.replace("**", "")}
+
+    gradio_hints(train_start, train_status, train_stop)
+
+    with gr.Tab("Training", id="training", elem_id="tab-training") as tab:
         findings_box = gr.Markdown(elem_id="training-findings")
         with gr.Row():
             with gr.Column(scale=2, min_width=380):
@@ -172,23 +248,31 @@ def build(ctx) -> dict[str, Any]:
                     log_text = gr.Textbox(label="Newest lines", lines=14, max_lines=14, interactive=False,
                                           autoscroll=True, elem_id="training-log")
         timer = gr.Timer(REFRESH_S)
-        session = gr.State(dict)  # inside the Tab: a State directly under gr.Tabs shows up as a tab button
+        # Inside the Tab: a State or an endpoint directly under gr.Tabs shows up as a phantom tab button.
+        # A value, not a factory: gradio 6 makes a callable default a public endpoint of its own.
+        session = gr.State({})
         picked = gr.State(None)
-        gr.api(train_runs, api_name="train_runs")  # inside too, for the same reason
+        gr.api(train_start, api_name="train_start")
+        gr.api(train_status, api_name="train_status", queue=False)
+        gr.api(train_stop, api_name="train_stop", queue=False)
 
     names = list(fields)
     plot_list = [plots[key] for key in PLOTS]
 
     # -- the view ---------------------------------------------------------------------------------
-    def _run_dir(name: Any) -> Path | None:
-        return paths.runs / str(name) if name and (paths.runs / str(name)).is_dir() else None
-
-    def refresh(state: dict, name: Any, smooth: float, log: bool, log_choice: str, level_choice: str):
+    def refresh(state: dict, name: Any, smooth: float, log: bool, log_choice: str, level_choice: str,
+                request: gr.Request = None):
+        if not access.sees_everything(request):  # the timer of a demo visitor's page: nothing, and no error toast
+            return tuple(gr.skip() for _ in live)
         infos = runs.list_runs(paths.runs)
         choices = [info.name for info in infos]
         if name not in choices:
             name = next((info.name for info in infos if info.active), choices[0] if choices else None)
-        run_dir = _run_dir(name)
+        try:
+            run_dir = _run_dir(name, request)
+        except gr.Error:  # a run folder linked from outside the data folder: not for a visitor
+            run_dir = None
+        log_choice = log_choice if log_choice in LOG_NAMES else "main"
         info = next((i for i in infos if i.name == name), None)
         snapshot = views.snapshot(run_dir) if run_dir is not None else None
         key = (name, snapshot.records if snapshot else 0, round(float(smooth or 0), 3), bool(log))
@@ -241,8 +325,10 @@ def build(ctx) -> dict[str, Any]:
                 gr.update(maximum=max(1, count - 1), value=count - 1, label=f"Samples through the run: step {newest} "
                                                                     f"(newest of {count})"))
 
-    def show_sample(name: Any, index: float):
-        steps = sample_steps(_run_dir(name)) if _run_dir(name) else {}
+    def show_sample(name: Any, index: float, request: gr.Request = None):
+        allowed(request)
+        run_dir = _run_dir(name, request)
+        steps = sample_steps(run_dir) if run_dir else {}
         if not steps:
             return None
         keys = list(steps)
@@ -250,23 +336,26 @@ def build(ctx) -> dict[str, Any]:
         return sample_grid(steps[step])
 
     # -- actions -----------------------------------------------------------------------------------
-    def start_run(*values: Any):
+    def start_run(request: gr.Request, *values: Any):
+        allowed(request)
         try:
             found = dict(zip(names, values))
             run_name = check_run_name(found["run"])
-            data = str(found["data"] or "").strip()
-            if not data:
+            run_dir = where(run_name, request, "The run folder", paths.runs)
+            data_dir = dataset_dir(found["data"], request)
+            if data_dir is None:
                 raise StudioError("Choose the dataset folder to train on.")
-            data_dir = paths.datasets / data if (paths.datasets / data).is_dir() else Path(data).expanduser()
-            config = config_from_values(found)
-            runs.start(ctx.settings, data=data_dir, run_dir=paths.runs / run_name, config=config)
+            config_file = where(found["base_config"], request, "The config file", paths.root)
+            config = config_from_values({**found, "base_config": str(config_file or "")})
+            runs.start(ctx.settings, data=data_dir, run_dir=run_dir, config=config)
         except (StudioError, ValueError, TypeError) as error:
             raise _fail(error if isinstance(error, StudioError) else StudioError(str(error))) from error
         return (f"Started **{run_name}**. It trains in its own process: close the browser or restart the "
                 "studio whenever you like.", gr.update(value=run_name, choices=[run_name]))
 
-    def steer(action: str, name: Any):
-        run_dir = _run_dir(name)
+    def steer(action: str, name: Any, request: Any = None):
+        allowed(request)
+        run_dir = _run_dir(name, request)
         if run_dir is None:
             raise gr.Error("Choose a run first.")
         info = runs.judge(run_dir)
@@ -288,10 +377,11 @@ def build(ctx) -> dict[str, Any]:
                 "save": f"**{info.name}** saves a checkpoint after this step.",
                 "sample": f"**{info.name}** draws its sample prompts after this step."}[action]
 
-    def chart(name: Any):
+    def chart(name: Any, request: gr.Request = None):
         from engines.origin.training.chart import write_chart
 
-        run_dir = _run_dir(name)
+        allowed(request)
+        run_dir = _run_dir(name, request)
         if run_dir is None:
             raise gr.Error("Choose a run first.")
         # Written where the studio serves files from (the runs folder is private).
@@ -302,37 +392,48 @@ def build(ctx) -> dict[str, Any]:
         except StudioError as error:
             raise _fail(error) from error
 
+    gradio_hints(refresh, show_sample, start_run, chart)
     live = [runs_table, selected, progress, findings_box, *plot_list, sample_image, sample_slider,
             checkpoints_table, log_text]
     view_inputs = [session, selected, smoothing, log_scale, log_name, level]
-    timer.tick(refresh, inputs=view_inputs, outputs=live, show_progress="hidden", api_visibility="private",
-               queue=False)
+    private = {"api_visibility": "private"}
+    timer.tick(refresh, inputs=view_inputs, outputs=live, show_progress="hidden", queue=False, **private)
     for control in (selected, smoothing, log_scale, log_name, level):
-        control.change(refresh, inputs=view_inputs, outputs=live, show_progress="hidden",
-                       api_visibility="private", queue=False)
-    start.click(start_run, inputs=[fields[n] for n in names], outputs=[message, selected], api_name="train")
-    for button, action in ((stop, "stop"), (save, "save"), (sample, "sample"), (resume, "resume"),
-                           (force, "force")):
-        button.click(lambda name, a=action: steer(a, name), inputs=selected, outputs=message,
-                     api_name=f"train_{action}", queue=False)
-    sample_slider.release(show_sample, inputs=[selected, sample_slider], outputs=sample_image,
-                          api_visibility="private", queue=False)
-    chart_button.click(chart, inputs=selected, outputs=chart_button, api_name="train_chart")
+        control.change(refresh, inputs=view_inputs, outputs=live, show_progress="hidden", queue=False, **private)
+    start.click(start_run, inputs=[fields[n] for n in names], outputs=[message, selected], **private)
 
-    def pick_checkpoint(rows: Any, event: gr.SelectData):
+    def button(action: str):
+        def press(name: Any, request: gr.Request = None) -> str:
+            return steer(action, name, request)
+
+        press.__name__ = f"{action}_button"  # the private event's name: never one of the public endpoints'
+        gradio_hints(press)
+        return press
+
+    for widget, action in ((stop, "stop"), (save, "save"), (sample, "sample"), (resume, "resume"),
+                           (force, "force")):
+        widget.click(button(action), inputs=selected, outputs=message, queue=False, **private)
+    sample_slider.release(show_sample, inputs=[selected, sample_slider], outputs=sample_image, queue=False,
+                          **private)
+    chart_button.click(chart, inputs=selected, outputs=chart_button, **private)
+
+    def pick_checkpoint(rows: Any, event: gr.SelectData, request: gr.Request = None):
+        allowed(request)
         row = getattr(event, "row_value", None) or []
         name = str(row[0]) if row else None
         return name, (f"**{name}** chosen: Generate with this opens it in Text-to-Manga." if name else
                       "Click a checkpoint to choose it (default: the newest).")
 
-    pick_checkpoint.__annotations__["event"] = gr.SelectData  # gradio reads the event type from the annotation
+    gradio_hints(pick_checkpoint)
 
-    def model_for(name: Any, checkpoint: Any) -> str:
+    def model_for(name: Any, checkpoint: Any, request: Any = None) -> str:
         """What Text-to-Manga's model field gets: the chosen checkpoint's folder, or the run (its newest)."""
-        run_dir = _run_dir(name)
+        allowed(request)
+        run_dir = _run_dir(name, request)
         if run_dir is None:
             raise gr.Error("Choose a run with a checkpoint first.")
-        folder = run_dir / "checkpoints" / str(checkpoint) if checkpoint else None
+        # The checkpoint's name comes from the browser (the table's clicked row): kept inside the run too.
+        folder = where(str(checkpoint), request, "The checkpoint", run_dir / "checkpoints") if checkpoint else None
         if folder is not None and (folder / "meta.json").is_file():
             return str(folder)
         if not checkpoint_rows(run_dir):
@@ -340,10 +441,11 @@ def build(ctx) -> dict[str, Any]:
         return run_dir.name
 
     checkpoints_table.select(pick_checkpoint, inputs=checkpoints_table, outputs=[picked, picked_note],
-                             api_visibility="private", show_progress="hidden")
-    return {"fields": fields, "refresh": refresh, "generate_with": generate_with, "model_for": model_for,
-            "selected_run": selected, "picked_checkpoint": picked, "start": start_run, "steer": steer, "chart": chart,
-            "show_sample": show_sample, "live": live, "view_inputs": view_inputs, "views": views,
+                             show_progress="hidden", **private)
+    return {"tab": tab, "fields": fields, "refresh": refresh, "generate_with": generate_with, "model_for": model_for,
+            "selected_run": selected, "picked_checkpoint": picked, "pick_checkpoint": pick_checkpoint,
+            "start": start_run, "steer": steer, "chart": chart, "show_sample": show_sample, "train_start": train_start, "train_status": train_status,
+            "train_stop": train_stop, "live": live, "view_inputs": view_inputs, "views": views,
             "loss_fields": [n for n in LossConfig.__dataclass_fields__ if n != "min_snr_gamma"]}
 
 

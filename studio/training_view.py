@@ -62,6 +62,84 @@ def config_from_values(values: dict[str, Any]) -> OriginConfig:
     return replace(base, model=model, loss=loss, train=train)
 
 
+# The flags of ``app.py train`` that start a run, by argparse name: the studio's ``/train_start`` takes these.
+TRAIN_FLAGS = ("data", "run", "resolution", "space", "vae", "epochs", "batch_size", "config", "resume", "stage",
+               "search", "max_steps", "sr_scale")
+_PASSED_ON = ("resolution", "space", "vae", "epochs", "batch_size", "stage", "search", "max_steps", "sr_scale")
+
+
+def start_from_flags(settings: Any, run_dir: Path, *, data: Optional[Path] = None, config: Optional[Path] = None,
+                     resolution: Optional[int] = None, space: Optional[str] = None, vae: Optional[str] = None,
+                     epochs: Optional[int] = None, batch_size: Optional[int] = None, resume: bool = False,
+                     stage: str = "main", search: Optional[int] = None, max_steps: Optional[int] = None,
+                     sr_scale: int = 2) -> Any:
+    """``app.py train`` with these flags in its own process, as the Start button starts a run: checked first
+    the way the command checks them, so anything wrong is one sentence now rather than a crashed run."""
+    from engines.errors import InvalidRequestError
+    from engines.origin.model import checkpoints
+    from engines.origin.model.config import OriginConfig
+    from engines.origin.training import runs
+    from engines.origin.training.request import TrainRequest, check
+    from engines.origin.training.run_control import read_run_record
+
+    flags = dict(resolution=resolution, space=space or None, vae=vae or None, epochs=epochs, batch_size=batch_size,
+                 stage=stage, search=search, max_steps=max_steps, sr_scale=sr_scale)
+    if stage not in ("main", "sr"):
+        raise InvalidRequestError(f"The stage must be main (the diffusion model) or sr (the enhancer), not {stage}.")
+    if flags["space"] not in (None, "auto", "pixel", "latent"):
+        raise InvalidRequestError(f"The space must be auto, pixel or latent, not {space}.")
+    if sr_scale not in (2, 4):
+        raise InvalidRequestError(f"The super-resolution scale must be 2 or 4, not {sr_scale}.")
+    if search is not None and search < 1:
+        raise InvalidRequestError(f"A search needs at least 1 trial, not {search}.")
+    if config is not None and not Path(config).is_file():
+        raise InvalidRequestError(f"The config file {config} does not exist.")
+    info = runs.judge(run_dir)
+    if info.active:
+        raise InvalidRequestError(f"The run {info.name} is {info.state}; stop it first or choose another name.")
+    if stage == "sr":
+        if search is not None or resume:
+            raise InvalidRequestError("The sr stage trains from scratch in minutes; leave out search and resume.")
+        if data is None or not Path(data).is_dir():
+            raise InvalidRequestError(f"The dataset folder {data} does not exist." if data else
+                                      "Choose the dataset folder to train on.")
+        if max_steps is not None and max_steps < 1:
+            raise InvalidRequestError(f"The number of steps must be at least 1, not {max_steps}.")
+    elif resume:
+        latest = checkpoints.find_latest(run_dir)
+        if latest is None and read_run_record(run_dir) is None:
+            raise InvalidRequestError(f"The run {info.name} has no checkpoint and no record of its dataset; "
+                                      "start it anew.")
+        if info.state == "finished" and epochs is None and max_steps is None:
+            raise InvalidRequestError(f"The run {info.name} has finished all its epochs; start a new run, or resume "
+                                      "it with more epochs.")
+        if latest is not None:
+            trained_on = data or latest.meta.get("data")
+            if not trained_on:
+                raise InvalidRequestError("Choose the dataset folder to train on.")
+            check(TrainRequest(data=Path(trained_on), run=run_dir, resume=True,
+                               config=OriginConfig.load(config) if config else None, resolution=resolution,
+                               epochs=epochs, batch_size=batch_size, space=flags["space"], vae=flags["vae"],
+                               max_steps=max_steps))
+    else:
+        runs.check_new_run(run_dir)
+        if data is None:
+            raise InvalidRequestError("Choose the dataset folder to train on.")
+        start_config = OriginConfig.load(config) if config else None
+        check(TrainRequest(data=Path(data), run=run_dir, config=start_config, resolution=resolution, epochs=epochs,
+                           batch_size=batch_size, space=flags["space"], vae=flags["vae"], max_steps=max_steps))
+        if start_config is not None:  # kept with the run, as the Start button keeps its config
+            Path(run_dir).mkdir(parents=True, exist_ok=True)
+            config = Path(run_dir) / "start-config.json"
+            start_config.save(config)
+    extra: list[str] = []
+    for name in _PASSED_ON:
+        if flags[name] is not None and (name, flags[name]) not in (("stage", "main"), ("sr_scale", 2), ("space", "auto")):
+            extra += [f"--{name.replace('_', '-')}", str(flags[name])]
+    command = runs.train_command(settings, run_dir, data=data, config=config, resume=resume, extra=extra)
+    return runs.launch(command, run_dir)
+
+
 def _loss_fields() -> list[str]:
     return [name for name in LossConfig.__dataclass_fields__ if name != "min_snr_gamma"]
 
@@ -160,6 +238,37 @@ def progress_html(info: Any, snapshot: Any) -> str:
         f'<div class="ink-gauge__track"><div class="ink-gauge__fill" style="width:{min(100.0, percent):.1f}%">'
         f'</div></div><div class="ink-gauge__detail">{escape(" · ".join(facts))}</div></div>'
     )
+
+
+def run_status(info: Any, snapshot: Any, data_root: Path) -> dict[str, Any]:
+    """What ``/train_status`` answers: the run's state and progress, its newest losses, the ETA, and its
+    newest checkpoint and samples (paths relative to the data folder when inside it)."""
+    step = max(info.step, snapshot.step or 0) if snapshot is not None else info.step
+    total = info.total_steps or (snapshot.total_steps if snapshot is not None else None)
+    last = snapshot.last_values if snapshot is not None else {}
+    samples = sample_steps(info.path)
+    newest = list(samples)[-1] if samples else None
+    checkpoint = info.path / "checkpoints" / info.newest_checkpoint if info.newest_checkpoint else None
+    return {
+        "run": info.name, "status": info.state, "description": info.describe(), "step": step, "total_steps": total,
+        "epoch": info.epoch, "epochs": info.epochs, "loss": _finite(last.get("loss")),
+        "validation_loss": _finite(last.get("validation/loss")),
+        "images_per_s": _finite(snapshot.images_per_s) if snapshot is not None else None,
+        "eta_s": _finite(snapshot.eta_s) if snapshot is not None and info.state == "running" else None,
+        "error": info.error or None, "queue_position": info.queue_position, "checkpoints": info.checkpoints,
+        "newest_checkpoint": shown(checkpoint, data_root) if checkpoint else None,
+        "sample_step": newest, "samples": [shown(p, data_root) for p in samples.get(newest, [])],
+    }
+
+
+def shown(path: Path, root: Path) -> str:
+    """A path as an API answer: relative to the data folder when inside it (no need to show the machine's layout)."""
+    path, root = Path(path).resolve(), Path(root).resolve()
+    return str(path.relative_to(root)) if path == root or root in path.parents else str(path)
+
+
+def _finite(value: Any) -> Optional[float]:
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
 def run_rows(infos: list[Any]) -> list[list[Any]]:

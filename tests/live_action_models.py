@@ -4,6 +4,7 @@
     save_tiny_pose_model              a ViTPose folder (ViTPose backbone, simple decoder) + its processor
     save_tiny_controlnet              a diffusers ControlNet folder from the tiny SD UNet (tiny_models.py)
     save_tiny_controlnet_single_file  the same weights as one original-layout (cldm) ``.safetensors``
+    save_live_action_defaults         all of them (and the tiny SD checkpoint) where Live-Action's defaults are found
 
 Each loads back offline through the loaders the studio uses (``AutoModelForDepthEstimation``,
 ``VitPoseForPoseEstimation``, ``AutoImageProcessor``, ``ControlNetModel``) and runs in milliseconds on a CPU.
@@ -13,6 +14,8 @@ a depth map of zeros or a ControlNet that adds nothing would let broken plumbing
 
 from __future__ import annotations
 
+import shutil
+from dataclasses import fields
 from pathlib import Path
 
 from tiny_models import _RESNET_PARTS, _rename, _unet_to_ldm, build_tiny_sd_pipeline
@@ -130,3 +133,22 @@ def save_tiny_controlnet_single_file(path: Path, unet=None, seed: int = 0, vae_s
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(state, str(path))
     return path
+
+
+def default_folder(models: Path, field: str) -> Path:
+    """Where the model store finds Live-Action's default hub id for ``field`` offline."""
+    from engines.live_action.request import LiveActionRequest
+
+    default = {f.name: f.default for f in fields(LiveActionRequest)}[field]
+    return models / str(default).replace("/", "--")
+
+
+def save_live_action_defaults(models: Path, tiny_sd_dir: Path) -> Path:
+    """The tiny checkpoint, VAE, ControlNets and estimators saved where Live-Action's defaults resolve."""
+    shutil.copytree(tiny_sd_dir, default_folder(models, "base_model"))
+    shutil.copytree(tiny_sd_dir / "vae", default_folder(models, "vae"))
+    save_tiny_controlnet(default_folder(models, "controlnet_depth"), seed=1)
+    save_tiny_controlnet(default_folder(models, "controlnet_pose"), seed=2)
+    save_tiny_depth_model(default_folder(models, "depth_model"))
+    save_tiny_pose_model(default_folder(models, "pose_model"))
+    return models

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import types
 from dataclasses import fields
 from datetime import datetime
 from pathlib import Path
@@ -32,6 +33,7 @@ from studio.animation_view import (FORMAT_NAMES, NOT_WIDGETS, history, history_v
 
 QUICK = dict(base_model="tiny-sd", motion_adapter="tiny-motion", frames=8, width=64, height=64, steps=2,
              cfg=2.0, strength=1.0, prompt="1girl, wind in hair", negative="")
+LOCAL = types.SimpleNamespace(username=None)  # the gr.Request of an artist on their own machine
 
 
 def still(path: Path) -> Path:
@@ -100,8 +102,10 @@ def test_widgets_and_the_endpoint_cover_every_request_field_with_its_default(tab
     values = {name: widget.value for name, widget in tab["fields"].items()}
     assert request_from_values(values) == AnimationRequest()  # the widgets start at the engine's defaults
     assert values["output_format"] == "mp4" and values["save_frames"] is False and values["seed"] == -1
-    # `/animate` takes the same names (the CLI's flags), with the same defaults (image "" = text-to-video).
-    parameters = inspect.signature(tab["animate"]).parameters
+    # `/animate` takes the same names (the CLI's flags), with the same defaults (image "" = text-to-video);
+    # the request is gradio's, hidden from the API (tests/test_share_live_animation.py).
+    parameters = dict(inspect.signature(tab["animate"]).parameters)
+    assert parameters.pop("request").default is None
     assert list(parameters) == list(widget_fields())
     given = {name: p.default for name, p in parameters.items()}
     assert inspect.Parameter.empty not in given.values() and tab["animate"].__doc__
@@ -197,14 +201,14 @@ def test_history_report_rows_and_a_sidecar_back_into_the_widgets(tab, tmp_path: 
     assert rows["Mode"] == "SparseCtrl from the still" and rows["Notes"].startswith("Decoded")
     assert "Steady motion" in summary_html(document["summary"]) and "<b>" not in summary_html("<b>")
     # "Use these settings" on that video gives every setting to the widgets, the still left as it is.
-    updates = dict(zip(tab["fields"], tab["reuse"](str(folder / "new.mp4"))))
+    updates = dict(zip(tab["fields"], tab["reuse"](str(folder / "new.mp4"), LOCAL)))
     assert updates["steps"]["value"] == 9 and updates["sampler"]["value"] == "Euler a"
     assert updates["seed"]["value"] == 77 and updates["loop"]["value"] == "ping-pong"
     assert updates["vae"]["value"] == "my-vae" and updates["still_mode"]["value"] == "sparsectrl"
     assert "value" not in updates["image"]  # gr.skip()
     assert set(tab["fields"]) - {"image"} <= {n for n, u in updates.items() if "value" in u}
     with pytest.raises(Exception, match="no sidecar JSON"):
-        tab["reuse"](str(folder / "old.gif"))
+        tab["reuse"](str(folder / "old.gif"), LOCAL)
     # A GIF plays in the picture, an MP4 in the video player.
     video, image = tab["players"](str(folder / "old.gif"))
     assert video["visible"] is False and image["visible"] is True and image["value"].endswith("old.gif")
@@ -214,9 +218,9 @@ def test_a_bad_still_is_one_sentence_before_anything_loads(tab, tmp_path: Path) 
     empty = tmp_path / "empty.png"
     empty.write_bytes(b"")
     with pytest.raises(Exception, match=r"empty \(0 bytes\)"):
-        next(tab["make_handler"]({}, *values_for(tab, image=str(empty), **QUICK)))
+        next(tab["make_handler"]({}, LOCAL, *values_for(tab, image=str(empty), **QUICK)))
     with pytest.raises(Exception, match="stride"):
-        next(tab["make_handler"]({}, *values_for(tab, context=8, stride=8, **QUICK)))
+        next(tab["make_handler"]({}, LOCAL, *values_for(tab, context=8, stride=8, **QUICK)))
 
 
 # --- the handlers with the engine, in this process ---------------------------------------------------------
@@ -226,7 +230,7 @@ def test_a_bad_still_is_one_sentence_before_anything_loads(tab, tmp_path: Path) 
 def test_cancel_stops_the_job_and_saves_nothing(tab, data: Path) -> None:
     before = history(data / "outputs")
     state: dict = {}
-    run = tab["make_handler"](state, *values_for(tab, image=str(data / "hero.png"), **{**QUICK, "steps": 20}))
+    run = tab["make_handler"](state, LOCAL, *values_for(tab, image=str(data / "hero.png"), **{**QUICK, "steps": 20}))
     updates = [next(run)]
     while "Starting" in updates[-1][0]:  # cancel once the job runs, not before it starts
         updates.append(next(run))

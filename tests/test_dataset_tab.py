@@ -67,7 +67,7 @@ def test_collect_through_the_tab_then_remove_an_image(tab, tmp_path):
         args = values_for(tab, out_dir=str(out), target=3, **{
             "sources.danbooru.endpoint": sites.endpoint("danbooru"), "network.rate_limit": 0,
             "network.timeout_s": 2, "network.retries": 1, "network.backoff_s": 0.01})
-        updates = list(tab["collect"]({}, *args))
+        updates = list(tab["collect"](None, {}, *args))  # None: a local request
     progress, gallery, stems, stats = updates[-1]
     assert 'data-state="done"' in progress and 'data-kept="3"' in progress
     assert len(gallery) == 3 and len(stems) == 3
@@ -90,11 +90,11 @@ def test_bad_values_become_one_sentence_errors(tab, tmp_path):
     import gradio as gr
 
     with pytest.raises(gr.Error, match="Choose at least one source"):
-        list(tab["collect"]({}, *values_for(tab, out_dir=str(tmp_path), **{"sources.danbooru.enabled": False})))
+        list(tab["collect"](None, {}, *values_for(tab, out_dir=str(tmp_path), **{"sources.danbooru.enabled": False})))
     with pytest.raises(gr.Error, match="Google Custom Search needs an API key"):
-        list(tab["collect"]({}, *values_for(tab, out_dir=str(tmp_path), **{"sources.cse.enabled": True})))
+        list(tab["collect"](None, {}, *values_for(tab, out_dir=str(tmp_path), **{"sources.cse.enabled": True})))
     with pytest.raises(gr.Error, match="The minimum long edge must be"):
-        list(tab["collect"]({}, *values_for(tab, out_dir=str(tmp_path), **{"thresholds.min_long_edge": -5})))
+        list(tab["collect"](None, {}, *values_for(tab, out_dir=str(tmp_path), **{"thresholds.min_long_edge": -5})))
     assert tab["view"](str(tmp_path / "nothing-here")) == ([], [], [["Images", 0]])
     assert not (tmp_path / "nothing-here").exists()
 

@@ -11,7 +11,7 @@ import inspect
 import json
 import os
 import re
-import shutil
+import types
 from dataclasses import fields
 from pathlib import Path
 
@@ -20,16 +20,16 @@ from PIL import Image, ImageDraw
 
 from engines.live_action.request import LiveActionRequest
 from engines.settings import MachineSettings
-from live_action_models import save_tiny_controlnet, save_tiny_depth_model, save_tiny_pose_model
+from live_action_models import default_folder, save_live_action_defaults
 from studio.live_action_view import (history, history_file, report_rows, request_from_values, summary_html,
                                      values_from_report, widget_fields)
 
 DEFAULTS = {f.name: f.default for f in fields(LiveActionRequest)}
 QUICK = dict(steps=4, strength=0.5, cfg=2.0, sampler="DDIM", width=64, height=64)
+LOCAL = types.SimpleNamespace(username=None)  # the gr.Request of an artist on their own machine
 
 
-def hub_folder(models: Path, field: str) -> Path:
-    return models / str(DEFAULTS[field]).replace("/", "--")  # where the store looks for a hub id offline
+hub_folder = default_folder  # where the store looks for a hub id offline
 
 
 def drawing(path: Path) -> Path:
@@ -46,12 +46,7 @@ def drawing(path: Path) -> Path:
 def data(tmp_path_factory: pytest.TempPathFactory, tiny_sd_dir: Path) -> Path:
     data = tmp_path_factory.mktemp("live-studio") / "data"
     models = data / "models"
-    shutil.copytree(tiny_sd_dir, hub_folder(models, "base_model"))
-    shutil.copytree(tiny_sd_dir / "vae", hub_folder(models, "vae"))
-    save_tiny_controlnet(hub_folder(models, "controlnet_depth"), seed=1)
-    save_tiny_controlnet(hub_folder(models, "controlnet_pose"), seed=2)
-    save_tiny_depth_model(hub_folder(models, "depth_model"))
-    save_tiny_pose_model(hub_folder(models, "pose_model"))
+    save_live_action_defaults(models, tiny_sd_dir)
     (data / "outputs").mkdir(parents=True)
     drawing(data / "hero.png")
     (data / "outputs" / "panels" / "2026-12-05").mkdir(parents=True)
@@ -88,8 +83,10 @@ def test_widgets_and_the_endpoint_cover_every_request_field_with_its_default(tab
         "output", "preview_every"}
     values = {name: widget.value for name, widget in tab["fields"].items()}
     assert request_from_values(values) == LiveActionRequest(image="")  # the widgets start at the engine's defaults
-    # `/live_action` takes the same names, with the same defaults (maps "" = none, seed -1 = random).
-    parameters = inspect.signature(tab["live_action"]).parameters
+    # `/live_action` takes the same names, with the same defaults (maps "" = none, seed -1 = random); the
+    # request is gradio's, hidden from the API (tests/test_share_live_animation.py).
+    parameters = dict(inspect.signature(tab["live_action"]).parameters)
+    assert parameters.pop("request").default is None
     assert set(parameters) == set(widget_fields())
     given = {name: p.default for name, p in parameters.items() if p.default is not inspect.Parameter.empty}
     assert request_from_values({**given, "image": ""}) == LiveActionRequest(image="")
@@ -138,24 +135,24 @@ def test_a_batch_makes_the_good_pictures_and_lists_the_broken_one(tab, data: Pat
     drawing(drawings / "a-hero.png")
     (drawings / "b-broken.png").write_bytes(b"")
     out = tmp_path / "real"
-    updates = list(tab["batch_handler"]({}, str(drawings), str(out), *values_for(tab, **QUICK)))
+    updates = list(tab["batch_handler"]({}, LOCAL, str(drawings), str(out), *values_for(tab, **QUICK)))
     progress, rows, _ = updates[-1]
     assert 'data-state="done"' in progress and "1 picture made, 1 skipped (b-broken.png)" in progress
     assert rows[0][0] == "a-hero.png" and rows[0][1].startswith("Structure kept")
     assert rows[1][0] == "b-broken.png" and "empty (0 bytes)" in rows[1][1]
     assert (out / "a-hero.png").is_file() and (out / "a-hero.json").is_file()
     # "Use these settings" on a result gives its settings back to the widgets, the pictures left as they are.
-    updates = dict(zip(tab["fields"], tab["reuse"](str(out / "a-hero.png"))))
+    updates = dict(zip(tab["fields"], tab["reuse"](str(out / "a-hero.png"), LOCAL)))
     assert updates["steps"]["value"] == 4 and updates["sampler"]["value"] == "DDIM"
     assert "value" not in updates["image"] and "value" not in updates["depth_map"]  # gr.skip()
     with pytest.raises(Exception, match="does not exist"):
-        list(tab["batch_handler"]({}, str(tmp_path / "nowhere"), str(out), *values_for(tab, **QUICK)))
+        list(tab["batch_handler"]({}, LOCAL, str(tmp_path / "nowhere"), str(out), *values_for(tab, **QUICK)))
 
 
 def test_cancel_stops_the_job_and_saves_nothing(tab, data: Path) -> None:
     before = history(data / "outputs")
     state: dict = {}
-    run = tab["make_handler"](state, *values_for(tab, image=str(data / "hero.png"), **QUICK))
+    run = tab["make_handler"](state, LOCAL, *values_for(tab, image=str(data / "hero.png"), **QUICK))
     updates = [next(run)]
     while "Starting" in updates[-1][0]:  # cancel once the job runs, not before it starts
         updates.append(next(run))

@@ -97,7 +97,7 @@ def test_generate_endpoint_through_gradio_client(studio) -> None:
     server, data = studio
     client = Client(server.url, verbose=False)
     made = client.predict(prompt="ink manga", model="tiny-anime", sampler="DDIM", steps=2, cfg=2.0, width=64,
-                          height=64, seed=5, batch_count=2, api_name="/generate")
+                          height=64, seed=5, batch=2, api_name="/generate")
     assert [m["seed"] for m in made] == [5, 6]
     assert all(Path(m["file"]).is_file() and Path(m["file"]).is_relative_to(data / "outputs") for m in made)
     assert "Seed: 5" in made[0]["parameters"] and "Sampler: DDIM" in made[0]["parameters"]

@@ -1,4 +1,4 @@
-"""The Pages section of the Text-to-Manga tab: the editor's edits, the `/page` and `/chapter` endpoints through
+"""The Pages section of the Text-to-Manga tab: the editor's edits, the `/compose_page` and `/chapter` endpoints through
 gradio_client, and a browser that composes a 2x2 page from dropped-in pictures, letters it by clicking and
 downloads the PNG."""
 
@@ -94,30 +94,36 @@ def studio(tmp_path_factory: pytest.TempPathFactory, tiny_sd_dir: Path):
     server.stop()
 
 
-def test_page_and_chapter_endpoints_through_gradio_client(studio) -> None:
+def test_compose_page_and_chapter_endpoints_through_gradio_client(studio) -> None:
     from gradio_client import Client
 
     server, data = studio
     pictures = _pictures(data / "outputs" / "incoming")
     client = Client(server.url, verbose=False)
-    made = client.predict(layout="2x2", panels=[str(p) for p in pictures], bubbles=["1:行くぞ！", "4:Run!:shout"],
-                          dpi=72, name="api-page", api_name="/page")
+    made = client.predict(layout="2x2", panel=[str(p) for p in pictures], bubble=["1:行くぞ！", "4:Run!:shout"],
+                          dpi=72, name="api-page", api_name="/compose_page")
     assert Path(made["file"]).is_file() and (made["width"], made["height"]) == (516, 729)
     spec, _ = load_page(Path(made["project"]))
     assert [b.text for b in spec.bubbles] == ["行くぞ！", "Run!"] and spec.reading == "rtl"
-    ltr = client.predict(layout="1 1", panels=[str(pictures[0])], reading="ltr", dpi=72, name="second",
-                         output_format="pdf", api_name="/page")
+    ltr = client.predict(layout="1 1", panel=[str(pictures[0])], reading="ltr", dpi=72, name="second",
+                         output_format="pdf", api_name="/compose_page")
     assert ltr["file"].endswith(".pdf")
-    book = client.predict(pages=["api-page", "second"], output_format="cbz", title="vol1", api_name="/chapter")
+    book = client.predict(page=["api-page", "second"], reading="rtl", output_format="cbz", title="vol1",
+                          api_name="/chapter")
     assert book["pages"] == 2
     with zipfile.ZipFile(book["file"]) as cbz:
         assert "YesAndRightToLeft" in cbz.read("ComicInfo.xml").decode()
+    # With no reading given, the direction the projects agree on (as `app.py chapter`): left to right here.
+    west = client.predict(page=["second"], title="west", api_name="/chapter")
+    with zipfile.ZipFile(west["file"]) as cbz:
+        assert "YesAndRightToLeft" not in cbz.read("ComicInfo.xml").decode()
     with pytest.raises(Exception, match="Unknown layout"):
-        client.predict(layout="9x9", api_name="/page")
-    small = save_page(PageSpec(name="drawn", layout="1 1", dpi=72, panel_pixels=64 * 80),  # the tiny model's size
-                      data / "outputs" / "pages" / "drawn")
-    drawn = client.predict(project=str(small), panels=["2=" + str(pictures[1])], prompts=["ink manga, rooftop"],
-                           model="tiny-anime", sampler="DDIM", steps=2, seed=8, api_name="/page")
+        client.predict(layout="9x9", api_name="/compose_page")
+    save_page(PageSpec(name="drawn", layout="1 1", dpi=72, panel_pixels=64 * 80),  # the tiny model's size
+              data / "outputs" / "pages" / "drawn")
+    # The saved page by its name in outputs/pages, as `app.py page --project` takes its folder.
+    drawn = client.predict(project="drawn", panel=["2=" + str(pictures[1])], prompt=["ink manga, rooftop"],
+                           model="tiny-anime", sampler="DDIM", steps=2, seed=8, api_name="/compose_page")
     spec, folder = load_page(Path(drawn["project"]))
     assert spec.panels[0].seed == 8 and spec.panels[0].prompt == "ink manga, rooftop"
     with Image.open(folder / spec.panels[0].image) as panel:

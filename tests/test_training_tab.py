@@ -81,7 +81,7 @@ def test_bad_values_are_one_sentence_and_start_nothing(tab, overrides, sentence)
     import gradio as gr
 
     with pytest.raises(gr.Error, match=sentence):
-        tab["start"](*values(tab, **{"run": "bad-run", **overrides}))
+        tab["start"](None, *values(tab, **{"run": "bad-run", **overrides}))
     assert not (tab["ctx"].settings.paths.runs / "bad-run" / "status.json").exists()
 
 
@@ -91,7 +91,7 @@ def test_start_watch_sample_save_stop_and_reattach(tab, tmp_path):
     paths = tab["ctx"].settings.paths
     run = paths.runs / "tab-run"
     # No epoch checkpoints: the ones below come from Save now and Stop, however fast the run goes.
-    message, _ = tab["start"](*values(tab, **{"train.checkpoint_every_epochs": 10**6}))
+    message, _ = tab["start"](None, *values(tab, **{"train.checkpoint_every_epochs": 10**6}))  # None: local
     assert "Started **tab-run**" in message
     try:
         wait_for(lambda: runs.judge(run).state == "running" and runs.judge(run).step >= 3, 120, "training steps")
@@ -130,7 +130,14 @@ def test_start_watch_sample_save_stop_and_reattach(tab, tmp_path):
             fresh = training_tab.build(build_studio_context(tab["ctx"].settings))
         assert refresh(fresh, None)["selected"]["value"] == "tab-run"
 
-        assert "Stopping **tab-run**" in tab["steer"]("stop", "tab-run")
+        # The same run through the public API, as a script follows and stops it.
+        status = tab["train_status"]("tab-run")
+        assert status["run"] == "tab-run" and status["status"] == "running" and status["step"] >= 3
+        assert status["loss"] is not None and status["total_steps"] and status["checkpoints"] >= 1
+        assert status["newest_checkpoint"].startswith(str(Path("runs", "tab-run", "checkpoints", "step-")))
+        assert status["samples"] and status["samples"][0].startswith(str(Path("runs", "tab-run", "samples")))
+        stopped = tab["train_stop"]("tab-run")
+        assert stopped["run"] == "tab-run" and "Stopping tab-run after this step" in stopped["message"]
         wait_for(lambda: runs.judge(run).state == "stopped", 60, "the stop")
         info = runs.judge(run)
         assert checkpoints.find_latest(run).step == info.step  # stopped where its newest checkpoint is
@@ -219,9 +226,9 @@ def test_browser_starts_a_run_sees_it_learn_and_stops_it(tmp_path):
         from gradio_client import Client
 
         client = Client(studio.url, verbose=False)
-        listed = client.predict(api_name="/train_runs")
-        assert [(r["name"], r["state"]) for r in listed] == [("browser-run", "stopped")]
-        assert "is stopped, not running" in client.predict("browser-run", api_name="/train_save")
+        status = client.predict(run="browser-run", api_name="/train_status")
+        assert status["run"] == "browser-run" and status["status"] == "stopped" and status["newest_checkpoint"]
+        assert "is stopped, not running" in client.predict(run="browser-run", api_name="/train_stop")["message"]
     finally:
         info = runs.judge(run)
         if info.active and info.process is not None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from engines.dataset.request import CollectRequest, NetworkSettings, QualityThresholds, SourceSpec
 from engines.dataset.sources import DEFAULT_HF_DATASET, SOURCES
@@ -82,27 +82,41 @@ def _per_source(values: list[str], name: str, option: str, sources: list[str]) -
     return plain or ""
 
 
+# The collect flags by argparse name (``--min-edge`` -> ``min_edge``): the CLI and the studio's ``/collect``.
+FLAGS = ("source", "tags", "target", "out", "sensitive", "min_score", "since", "caption_template", *PER_SOURCE,
+         "dataset", "folder", "min_edge", "min_short_edge", "max_aspect", "min_sharpness", "min_colour_std",
+         "near_duplicate", "rate_limit", "timeout", "retries", "backoff")
+
+
 def request_from_args(args: argparse.Namespace, settings: MachineSettings) -> CollectRequest:
-    names = list(dict.fromkeys(args.source or []))
+    return request_from_flags(settings, **{name: getattr(args, name) for name in FLAGS})
+
+
+def request_from_flags(settings: MachineSettings, **flags: Any) -> CollectRequest:
+    """The request from every flag of ``FLAGS`` by name, as the command line gives them."""
+    if set(flags) != set(FLAGS):
+        raise TypeError(f"request_from_flags takes the flags {FLAGS}, not {sorted(set(flags) ^ set(FLAGS))}.")
+    f = argparse.Namespace(**flags)
+    names = list(dict.fromkeys(f.source or []))
     if not names:
         raise InvalidRequestError(f"Choose a source with --source ({', '.join(SOURCES)}).")
     specs = []
     for name in names:
-        values = {field: _per_source(getattr(args, field), name, field.replace("_", "-"), names)
+        values = {field: _per_source(getattr(f, field) or [], name, field.replace("_", "-"), names)
                   for field in PER_SOURCE if field in SOURCES[name].fields}
-        specs.append(SourceSpec(name=name, dataset=args.dataset if name == "hf" else "",
-                                folder=args.folder if name == "folder" else "", **values))
-    out = Path(args.out).expanduser() if args.out else settings.paths.datasets / "default"
+        specs.append(SourceSpec(name=name, dataset=f.dataset if name == "hf" else "",
+                                folder=f.folder if name == "folder" else "", **values))
+    out = Path(f.out).expanduser() if f.out else settings.paths.datasets / "default"
     return CollectRequest(
-        out_dir=out, sources=tuple(specs), tags=args.tags, target=args.target,
-        allow_sensitive=args.sensitive, min_score=args.min_score, posted_since=args.since,
-        caption_template=args.caption_template,
+        out_dir=out, sources=tuple(specs), tags=f.tags, target=f.target,
+        allow_sensitive=f.sensitive, min_score=f.min_score, posted_since=f.since,
+        caption_template=f.caption_template,
         thresholds=QualityThresholds(
-            min_long_edge=args.min_edge, min_short_edge=args.min_short_edge, max_aspect=args.max_aspect,
-            min_sharpness=args.min_sharpness, min_colour_std=args.min_colour_std,
-            near_duplicate_distance=args.near_duplicate),
-        network=NetworkSettings(rate_limit=args.rate_limit, timeout_s=args.timeout, retries=args.retries,
-                                backoff_s=args.backoff),
+            min_long_edge=f.min_edge, min_short_edge=f.min_short_edge, max_aspect=f.max_aspect,
+            min_sharpness=f.min_sharpness, min_colour_std=f.min_colour_std,
+            near_duplicate_distance=f.near_duplicate),
+        network=NetworkSettings(rate_limit=f.rate_limit, timeout_s=f.timeout, retries=f.retries,
+                                backoff_s=f.backoff),
     )
 
 

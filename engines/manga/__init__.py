@@ -14,7 +14,7 @@ Pages (Pillow and numpy; no GPU unless a panel is drawn from its prompt):
     pictures.py      transparency flattened onto paper, for every picture the pages read
     project.py       pages on disk: outputs/pages/<name>/page.json and its pictures, saved atomically
     page_fill.py     panels drawn from their prompts through panels.generate_panels
-    page_request.py  PageRequest -> make_page(): what `app.py page` and `/page` call
+    page_request.py  PageRequest -> make_page(): what `app.py page` and `/compose_page` call
     page_output.py, export.py   PNG, PDF (lossless, img2pdf) and CBZ (stored, ComicInfo.xml)
     page_cli.py, chapter_cli.py `python app.py page` and `python app.py chapter`
 """

@@ -1,4 +1,4 @@
-"""A page described the way the CLI and the `/page` API take it: pictures, prompts and bubbles as text.
+"""A page described the way the CLI and the `/compose_page` API take it: pictures, prompts and bubbles as text.
 
     request = PageRequest(layout="2x2", panels=("a.png", "3=c.png"), bubbles=("1:行くぞ！", "2:Wait!:shout"))
     spec, folder = build_page(request, outputs)        # checked; pictures copied into the project
