@@ -80,12 +80,13 @@ def studio(place: Path):
     server.stop()
 
 
-def test_every_api_example_runs_as_written(studio, place: Path, capsys: pytest.CaptureFixture) -> None:
+def test_every_api_example_runs_as_written(studio, place: Path, capsys: pytest.CaptureFixture,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
     from engines.origin.training import runs
 
     blocks = examples(DOC.read_text(encoding="utf-8"), tiny(place))
     assert len(blocks) == 6  # connecting, pictures, pages, Live-Action, Animation, datasets and training
-    os.chdir(place)
+    monkeypatch.chdir(place)  # where an artist's script would run; back to the repository afterwards
     run = place / "data" / "runs" / "my-style-v1"
     try:
         for block in blocks:
