@@ -140,6 +140,21 @@ def test_a_visitor_does_not_see_the_owner_tabs_and_the_owner_does(shared) -> Non
             browser.close()
 
 
+def submit(server: Studio, who: tuple[str, str], prompt: str, seed: int, *, long: bool = False):
+    """A /generate job: a short one, or one of 150 steps at 128 px (about forty seconds) already running."""
+    size = dict(steps=150, width=128, height=128) if long else dict(steps=2, width=64, height=64)
+    job = client_for(server, who).submit(prompt=prompt, model="tiny-anime", sampler="DDIM", seed=seed, **size,
+                                         api_name="/generate")
+    if long:
+        started(job)
+    return job
+
+
+def prompts_drawn(data: Path) -> list[str]:
+    """The parameters (prompt first) of every picture the studio saved."""
+    return [Image.open(png).info.get("parameters", "") for png in (data / "outputs").rglob("*.png")]
+
+
 def started(job, within: float = 60) -> None:
     """Wait until ``job`` runs (not only waits); a job that ended first is a failure, not a hang."""
     from gradio_client.utils import Status
@@ -248,13 +263,8 @@ def test_a_visitor_who_leaves_the_line_frees_their_place(shared) -> None:
     from gradio_client.utils import Status
 
     server, _, _ = shared
-    running = client_for(server, OWNER).submit(prompt="long", model="tiny-anime", sampler="DDIM", steps=150,
-                                               width=128, height=128, seed=1, api_name="/generate")
-    started(running)
-    leaving = client_for(server, VISITOR).submit(prompt="leaves", model="tiny-anime", sampler="DDIM", steps=2,
-                                                 width=64, height=64, seed=2, api_name="/generate")
-    staying = client_for(server, VISITOR).submit(prompt="stays", model="tiny-anime", sampler="DDIM", steps=2,
-                                                 width=64, height=64, seed=3, api_name="/generate")
+    running = submit(server, OWNER, "long", 1, long=True)
+    leaving, staying = submit(server, VISITOR, "leaves", 2), submit(server, VISITOR, "stays", 3)
 
     def rank(job) -> int | None:
         deadline = time.monotonic() + 20
@@ -269,13 +279,12 @@ def test_a_visitor_who_leaves_the_line_frees_their_place(shared) -> None:
     leaving.cancel()
     time.sleep(0.5)
     # gradio tells the others their new place when the line next moves; a newcomer is told at once.
-    probe = client_for(server, VISITOR).submit(prompt="probe", model="tiny-anime", sampler="DDIM", steps=2,
-                                               width=64, height=64, seed=4, api_name="/generate")
+    probe = submit(server, VISITOR, "probe", 4)
     assert rank(probe) == 1 and not running.done()  # behind "stays" only: the leaver's place is free
     running.cancel()  # the long job stops at its next step (test_a_cancelled_job_frees_the_gpu_within_a_step)
     assert staying.result(timeout=120)[0]["seed"] == 3 and probe.result(timeout=120)[0]["seed"] == 4
     _, data, _ = shared
-    drawn = [Image.open(png).info.get("parameters", "") for png in (data / "outputs").rglob("*.png")]
+    drawn = prompts_drawn(data)
     assert any(text.startswith("stays") for text in drawn) and not any(text.startswith("leaves") for text in drawn)
 
 
@@ -284,10 +293,7 @@ def test_a_visitor_whose_connection_drops_frees_their_place(shared) -> None:
     from gradio_client.utils import Status
 
     server, data, _ = shared
-    owner = client_for(server, OWNER)
-    running = owner.submit(prompt="long again", model="tiny-anime", sampler="DDIM", steps=150, width=128,
-                           height=128, seed=21, api_name="/generate")
-    started(running)
+    running = submit(server, OWNER, "long again", 21, long=True)
     # A visitor joins the line by hand (as the page does), reads their place, and vanishes.
     visitor = client_for(server, VISITOR)
     endpoint = next(d for d in visitor.config["dependencies"] if d.get("api_name") == "generate")
@@ -305,8 +311,7 @@ def test_a_visitor_whose_connection_drops_frees_their_place(shared) -> None:
                 if '"rank"' in line:
                     assert '"rank":0' in line.replace(" ", "")
                     break
-    staying = client_for(server, VISITOR).submit(prompt="stays again", model="tiny-anime", sampler="DDIM", steps=2,
-                                                 width=64, height=64, seed=23, api_name="/generate")
+    staying = submit(server, VISITOR, "stays again", 23)
     deadline, rank = time.monotonic() + 20, None
     while time.monotonic() < deadline:
         status = staying.status()
@@ -318,22 +323,18 @@ def test_a_visitor_whose_connection_drops_frees_their_place(shared) -> None:
     assert rank == 0 and not running.done()  # first in line: the vanished visitor's place is free
     running.cancel()
     assert staying.result(timeout=120)[0]["seed"] == 23
-    drawn = [Image.open(png).info.get("parameters", "") for png in (data / "outputs").rglob("*.png")]
+    drawn = prompts_drawn(data)
     assert not any(text.startswith("vanishes") for text in drawn)
 
 
 def test_a_cancelled_api_job_frees_the_gpu_within_a_step(shared) -> None:
     server, data, _ = shared
-    owner = client_for(server, OWNER)
-    # A step of this job takes a few tenths of a second; all 150 of them, about forty.
-    running = owner.submit(prompt="cancelled", model="tiny-anime", sampler="DDIM", steps=150, width=128,
-                           height=128, seed=31, api_name="/generate")
-    started(running)
+    running = submit(server, OWNER, "cancelled", 31, long=True)  # a step takes a few tenths of a second
     time.sleep(1.0)
     cancelled_at = time.monotonic()
     running.cancel()
     after = generate(client_for(server, VISITOR), prompt="right after", seed=32)
     waited = time.monotonic() - cancelled_at
     assert after[0]["seed"] == 32 and waited < 8, f"the GPU came free {waited:.1f} s after the cancel"
-    drawn = [Image.open(png).info.get("parameters", "") for png in (data / "outputs").rglob("*.png")]
+    drawn = prompts_drawn(data)
     assert not any(text.startswith("cancelled") for text in drawn)
