@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -138,3 +139,43 @@ def test_a_jobs_values_are_checked_with_the_loras_its_prompts_name(data: Path) -
         access.values({**values, "image": "/etc/passwd"}, VISITOR, pictures=pictures, models=models)
     assert Access.local(data).values({**values, "image": "/etc/passwd"}, VISITOR, pictures=pictures,
                                      models=models)["image"] == "/etc/passwd"
+
+
+@pytest.mark.parametrize("argv, sentence", [
+    (["--exposed"], "Refusing --exposed without a login"),
+    (["--share"], "Refusing --share without a login"),
+    (["--host", "0.0.0.0"], "Refusing to listen on 0.0.0.0 without a login"),
+    (["--exposed", "--auth", "me:a-long-password", "--admin", "you"], "--admin you is not one of the logins"),
+    (["--demo", "--no-demo"], "Choose --demo or --no-demo"),
+    (["--queue-size", "0"], "--queue-size must be at least 1"),
+])
+def test_the_server_refuses_unsafe_or_contradictory_flags(argv: list[str], sentence: str, tmp_path: Path) -> None:
+    import app
+
+    assert app.main(["--data-dir", str(tmp_path), *argv, "--no-browser"]) != 0
+    from studio import server
+
+    args = app.build_parser().parse_args(["--data-dir", str(tmp_path), *argv])
+    settings = app.settings_from_args(args)
+    with pytest.raises(InvalidRequestError, match=re.escape(sentence)):
+        credentials = server.load_credentials(args.auth, args.auth_file)
+        server.check_exposure(args.host, args.share, credentials, server.is_exposed(args))
+        server.access_for(args, settings, credentials)
+
+
+def test_the_flags_say_who_owns_a_shared_studio(tmp_path: Path) -> None:
+    import app
+    from studio import server
+
+    def access(*argv: str) -> Access:
+        args = app.build_parser().parse_args(["--data-dir", str(tmp_path), *argv])
+        return server.access_for(args, app.settings_from_args(args), server.load_credentials(args.auth, None))
+
+    shared = access("--share", "--auth", "me:a-long-password", "--auth", "guest:another-long-one")
+    assert shared.exposed and shared.demo and shared.owner == "me"  # --share is a demo unless --no-demo
+    assert not access("--share", "--no-demo", "--auth", "me:a-long-password").demo
+    assert access("--exposed", "--auth", "me:x", "--auth", "you:y", "--admin", "you").owner == "you"
+    local = access()
+    assert not local.exposed and not local.demo and local.trusted(None)
+    assert server.warn_about_passwords([("me", "a-long-password"), ("guest", "short")]).startswith(
+        "The password for guest is shorter than 12 characters")
