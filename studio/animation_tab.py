@@ -17,14 +17,13 @@ from typing import Any, Iterator, Optional
 
 from engines.animation.request import (DEFAULT_BASE_MODEL, LOOPS, MAX_FPS, MAX_FRAMES, MAX_SIDE, MAX_STEPS,
                                        AnimationRequest)
-from engines.errors import StudioError
 from engines.progress import CancelToken
 from studio.animation_view import (DEFAULT_FORMAT, FORMAT_NAMES, MODELS, PICTURES, RANDOM_SEED, SAMPLER_NAMES,
                                    endpoint_result, history, history_video, model_choices, plays_as_video,
                                    progress_html, read_sidecar, request_from_values, sd_checkpoint,
                                    shown_result, summary_html, values_from_sidecar, video_of)
 from studio.queue import GPU_QUEUE
-from studio.widgets import gallery_caption, gallery_path, gradio_hints, selected_item
+from studio.widgets import as_sentence, gallery_caption, gallery_path, gradio_hints, selected_item
 
 PREVIEW_EVERY = 2  # steps between live previews
 JOB = "animation"
@@ -66,27 +65,21 @@ def build(ctx, manga: Optional[dict[str, Any]] = None,
 
     def asked(values: dict[str, Any], request: Any) -> AnimationRequest:
         """The widgets' values as a request into this user's outputs, the still and models checked first."""
-        try:
+        with as_sentence():
             return request_from_values(ctx.access.values(values, request, pictures=PICTURES, models=MODELS, defaults=d),
                                        outputs_of(request))
-        except StudioError as error:
-            raise gr.Error(str(error)) from error
 
     def allowed_file(value: Any, request: Any, what: str) -> Optional[str]:
         """A file picked in a history or another tab, as ``ctx.access`` lets this user have it."""
-        try:
+        with as_sentence():
             return ctx.access.path(value, request, what=what) or None
-        except StudioError as error:
-            raise gr.Error(str(error)) from error
 
     def checked(job: AnimationRequest) -> Any:
         """check() before the job: a bad still, value or missing model is one sentence, before loading."""
         from engines.animation.request import check
 
-        try:
+        with as_sentence():
             return check(job, ctx.models)
-        except StudioError as error:
-            raise gr.Error(str(error)) from error
 
     def animate(image: str = "", prompt: str = d["prompt"], negative: str = d["negative"],
                 base_model: str = d["base_model"], vae: str = "", motion_adapter: str = d["motion_adapter"],
@@ -115,11 +108,9 @@ def build(ctx, manga: Optional[dict[str, Any]] = None,
         job = asked(dict(locals()), request)
         plan = checked(job)
         outputs = outputs_of(request)
-        try:
+        with as_sentence():
             yield from ctx.jobs.updates(JOB, lambda on_step, cancel: make(job, plan, outputs, on_step, cancel),
                                         endpoint_result)
-        except StudioError as error:
-            raise gr.Error(str(error)) from error
 
     gradio_hints(animate)
 

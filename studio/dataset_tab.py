@@ -20,10 +20,9 @@ from typing import Any, Iterator, Optional
 from engines.dataset.filters import REASONS
 from engines.dataset.request import CollectRequest, NetworkSettings, QualityThresholds, SourceSpec
 from engines.dataset.sources import DEFAULT_HF_DATASET, SOURCES
-from engines.errors import StudioError
 from engines.progress import CancelToken
 from studio.training_view import shown
-from studio.widgets import gradio_hints, progress_gauge, selected_index
+from studio.widgets import as_sentence, gradio_hints, progress_gauge, selected_index
 
 GALLERY_SIZE = 60
 GALLERY_EVERY_S = 2.0
@@ -180,17 +179,13 @@ def build(ctx) -> dict[str, Any]:
 
     def allowed(request: Any) -> None:
         """Only the owner collects on a demo link (checked here too: a private event can still be called)."""
-        try:
+        with as_sentence():
             access.require_owner(request, WHAT)
-        except StudioError as error:
-            raise gr.Error(str(error)) from error
 
     def where(value: Any, request: Any, what: str = "The dataset folder") -> str:
         """The folder a user named (kept inside the data folder on a shared studio); a relative one is in datasets/."""
-        try:
+        with as_sentence():
             text = access.path(value, request, what=what, base=paths.datasets)
-        except StudioError as error:
-            raise gr.Error(str(error)) from error
         return str(paths.datasets / Path(text).expanduser()) if text else ""
 
     def collect(source: list[str], tags: str = "", target: int = 100, out: str = "", sensitive: bool = False,
@@ -216,7 +211,7 @@ def build(ctx) -> dict[str, Any]:
         flags = dict(locals())
         flags.update(out=where(out, request) or None, folder=where(folder, request, "The folder with your images"),
                      endpoint=endpoint or [], login=login or [], api_key=api_key or [], engine_id=engine_id or [])
-        try:
+        with as_sentence():
             collect_request = request_from_flags(ctx.settings, **{k: flags[k] for k in FLAGS})
             check(collect_request, offline=ctx.settings.offline)
             yield from ctx.jobs.updates("collect dataset", lambda on_step, cancel: collect_images(
@@ -224,8 +219,6 @@ def build(ctx) -> dict[str, Any]:
                     "images": result.images, "target": result.target, "kept": result.kept,
                     "out": shown(result.out_dir, paths.root), "summary": result.summary(),
                     "problems": result.problems}, uses_gpu=False)
-        except StudioError as error:
-            raise gr.Error(str(error)) from error
 
     gradio_hints(collect)
 
@@ -317,10 +310,8 @@ def build(ctx) -> dict[str, Any]:
             found["sources.folder.folder"] = where(found.get("sources.folder.folder"), request,
                                                    "The folder with your images")
         collect_request = request_from_values(found)
-        try:
+        with as_sentence():
             check(collect_request, offline=ctx.settings.offline)
-        except StudioError as error:
-            raise gr.Error(str(error)) from error
         cancel = session_state["cancel"] = CancelToken()
         out_dir = str(collect_request.out_dir)
         yield progress_html(0, collect_request.target, "Starting…", "running"), gr.skip(), gr.skip(), gr.skip()

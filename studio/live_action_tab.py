@@ -15,7 +15,6 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from engines.errors import StudioError
 from engines.live_action.request import COLOUR_MODES, DEFAULT_CONTROLNET_CANNY, LiveActionRequest
 from engines.progress import CancelToken
 from studio.access import path_text
@@ -24,7 +23,7 @@ from studio.live_action_view import (MODELS, OUTPUT_FOLDER, PICTURES, RANDOM_SEE
                                      progress_html, read_report, request_from_values, shown_result, summary_html,
                                      values_from_report)
 from studio.queue import GPU_QUEUE
-from studio.widgets import gallery_caption, gallery_path, gradio_hints, selected_item
+from studio.widgets import as_sentence, gallery_caption, gallery_path, gradio_hints, selected_item
 
 PREVIEW_EVERY = 2  # steps between live previews
 JOB = "live-action"
@@ -60,26 +59,20 @@ def build(ctx, manga: Optional[dict[str, Any]] = None) -> dict[str, Any]:
 
     def asked(values: dict[str, Any], request: Any) -> LiveActionRequest:
         """The widgets' values as a request, each picture and model first checked by ``ctx.access``."""
-        try:
+        with as_sentence():
             return request_from_values(ctx.access.values(values, request, pictures=PICTURES, models=MODELS, defaults=d))
-        except StudioError as error:
-            raise gr.Error(str(error)) from error
 
     def allowed_file(value: Any, request: Any, what: str) -> Optional[str]:
         """A picture picked in a history or another tab, as ``ctx.access`` lets this user have it."""
-        try:
+        with as_sentence():
             return ctx.access.path(value, request, what=what) or None
-        except StudioError as error:
-            raise gr.Error(str(error)) from error
 
     def checked(job: LiveActionRequest) -> Any:
         """check() before the job: a bad picture or a missing model is one sentence before any model loads."""
         from engines.live_action.request import check
 
-        try:
+        with as_sentence():
             return check(job, ctx.models)
-        except StudioError as error:
-            raise gr.Error(str(error)) from error
 
     def live_action(image: str, prompt: str = d["prompt"], negative: str = d["negative"],
                     strength: float = d["strength"], steps: int = d["steps"], cfg: float = d["cfg"],
@@ -107,11 +100,9 @@ def build(ctx, manga: Optional[dict[str, Any]] = None) -> dict[str, Any]:
         job = asked(dict(locals()), request)
         plan = checked(job)
         outputs = outputs_of(request)
-        try:
+        with as_sentence():
             yield from ctx.jobs.updates(JOB, lambda on_step, cancel: make(job, plan, outputs, on_step, cancel),
                                         endpoint_result)
-        except StudioError as error:
-            raise gr.Error(str(error)) from error
 
     gradio_hints(live_action)
 
@@ -308,7 +299,7 @@ def build(ctx, manga: Optional[dict[str, Any]] = None) -> dict[str, Any]:
         outputs = outputs_of(request)
         # The picture is each file of the folder; the widget's drawing plays no part.
         job = asked({**values_of(values), "image": ""}, request)
-        try:
+        with as_sentence():
             source = ctx.access.path(source, request, what="The input folder")
             # A relative output folder is taken from the user's own outputs (a demo visitor's folder).
             target = ctx.access.path(target, request, what="The output folder", base=outputs)
@@ -316,8 +307,6 @@ def build(ctx, manga: Optional[dict[str, Any]] = None) -> dict[str, Any]:
             for file in files:  # a link in the folder to a picture elsewhere is refused like a typed path
                 ctx.access.path(file, request, what="The picture")
             check_settings(job, ctx.models)
-        except StudioError as error:
-            raise gr.Error(str(error)) from error
         token = state["batch_cancel"] = CancelToken()
         yield progress_html(0, 0, f"{len(files)} pictures…", "running", "live-batch-progress-bar"), [], gr.skip()
         call = lambda on_step, c: run_batch(job, Path(source), Path(target),  # noqa: E731

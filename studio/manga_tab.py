@@ -22,7 +22,7 @@ from studio.manga_view import (MODELS, PICTURES, RANDOM_SEED, SD_SAMPLERS, SIZE_
                                progress_html, request_from_values, with_lora, with_word)
 from studio import pages_section
 from studio.queue import GPU_QUEUE
-from studio.widgets import gallery_path, gradio_hints, selected_item
+from studio.widgets import as_sentence, gallery_path, gradio_hints, selected_item
 
 PREVIEW_EVERY = 2  # steps between live previews
 ORIGIN_SAMPLERS = ("ddim", "dpm++", "euler_a", "ddpm")
@@ -45,19 +45,15 @@ def build(ctx) -> dict[str, Any]:
         from engines.manga.panels import check
 
         job_ctx = ctx.with_outputs(outputs_of(request))
-        try:
+        with as_sentence():
             job = request_from_values(ctx.access.values(values, request, pictures=PICTURES, models=MODELS))
             check(job, job_ctx.settings.paths)
-        except StudioError as error:
-            raise gr.Error(str(error)) from error
         return job, job_ctx
 
     def picture(value: Any, request: Any, what: str = "The picture") -> Optional[str]:
         """A picture picked in a history or dropped in, as ``ctx.access`` lets this user have it."""
-        try:
+        with as_sentence():
             return ctx.access.path(value, request, what=what) or None
-        except StudioError as error:
-            raise gr.Error(str(error)) from error
 
     def generate(prompt: str, model: str, negative: str = "", sampler: str = "", steps: int = 0, cfg: float = 0.0,
                  width: int = 0, height: int = 0, seed: int = RANDOM_SEED, batch: int = 1,
@@ -84,11 +80,9 @@ def build(ctx) -> dict[str, Any]:
             return [{"file": str(path), "seed": seed, "parameters": parameters_text(str(path))}
                     for path, seed in result.pictures]
 
-        try:
+        with as_sentence():
             yield from ctx.jobs.updates("generate", lambda on_step, cancel: generate_panels(
                 job, job_ctx, on_step=on_step, cancel=cancel), pictures)
-        except StudioError as error:
-            raise gr.Error(str(error)) from error
 
     def backend_hint(model: Optional[str], request: gr.Request = None) -> str:
         from engines.manga.panels import is_origin_model
@@ -250,10 +244,8 @@ def build(ctx) -> dict[str, Any]:
         path = picture(path, request)
         if not path:
             raise gr.Error("Click a picture in the history first.")
-        try:
+        with as_sentence():
             values = fields_from_png(str(path), paths)
-        except StudioError as error:
-            raise gr.Error(str(error)) from error
         updates = [gr.update(value=values[n]) if n in values else gr.skip() for n in names]
         return (*updates, "custom", parameters_text(str(path)))
 

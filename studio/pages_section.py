@@ -18,7 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from engines.errors import InvalidRequestError, StudioError
+from engines.errors import InvalidRequestError
 from engines.manga.page_model import ALIGNMENTS, BUBBLE_STYLES, TONE_MODES, PageSpec, Tone
 from engines.progress import CancelToken
 from studio.access import path_text
@@ -28,7 +28,7 @@ from studio.pages_view import (CLICK_MODES, CUSTOM, add_bubble, bubble_choices, 
                                page_choices, paper_choices, point_in_panel, refocus, render, settings_changes,
                                status, without_empty_tail)
 from studio.queue import GPU_QUEUE
-from studio.widgets import gradio_hints, progress_gauge
+from studio.widgets import as_sentence, gradio_hints, progress_gauge
 
 READINGS = ("right to left (manga)", "left to right")
 
@@ -47,9 +47,6 @@ def build(ctx, manga: dict[str, Any]) -> dict[str, Any]:
     paths = ctx.settings.paths
     fonts = FontBook([paths.root / "fonts"])
     c: dict[str, Any] = {}
-
-    def fail(error: StudioError) -> Exception:
-        return gr.Error(str(error))
 
     # --- who may name what (studio/access.py) ------------------------------------------------------------
     def outputs_of(request: Any) -> Path:
@@ -86,19 +83,15 @@ def build(ctx, manga: dict[str, Any]) -> dict[str, Any]:
     def current(state: dict) -> tuple[PageSpec, Path]:
         if not state.get("folder"):
             raise gr.Error("Start a new page or open one first.")
-        try:
+        with as_sentence():
             return load_page(Path(state["folder"]))
-        except StudioError as error:
-            raise fail(error) from error
 
     def commit(state: dict, spec: PageSpec, folder: Path, *, bubble: Optional[int] = None,
                panel: Optional[int] = None) -> tuple:
         """Save, draw, remember what was drawn; the updates every edit returns."""
-        try:
+        with as_sentence():
             save_page(spec, folder)
             composed = render(spec, folder, fonts)
-        except StudioError as error:
-            raise fail(error) from error
         state.update(folder=str(folder), composed=composed)
         if bubble is not None:
             state["bubble"] = bubble
@@ -134,7 +127,7 @@ def build(ctx, manga: dict[str, Any]) -> dict[str, Any]:
         from engines.manga.page_request import PageRequest, make_page
 
         job_ctx = ctx.with_outputs(outputs_of(request))
-        try:
+        with as_sentence():
             model, reference = check_models(model, reference, [*(prompt or ()), style], request)
             found = page_path(project, request, "The page project", own=True)
             job = PageRequest(layout=layout or None, panels=tuple(numbered_path(p, request) for p in panel or ()),
@@ -148,8 +141,6 @@ def build(ctx, manga: dict[str, Any]) -> dict[str, Any]:
                 job, job_ctx, suffix=f".{output_format.strip('.').lower()}", on_step=on_step, cancel=cancel,
                 fonts=fonts), lambda result: {"file": str(result.output), "project": str(result.folder),
                                               "width": result.size[0], "height": result.size[1]})
-        except StudioError as error:
-            raise fail(error) from error
 
     def chapter(page: list[str], reading: str = "", title: str = "", output_format: str = "cbz",
                 request: gr.Request = None) -> dict:
@@ -162,14 +153,12 @@ def build(ctx, manga: dict[str, Any]) -> dict[str, Any]:
         folder = outputs_of(request) / "pages" / "chapters"
         stem = (title or "chapter").strip().replace("/", "-").replace("\\", "-") or "chapter"
         output = folder / f"{stem}.{output_format.strip('.').lower()}"
-        try:
+        with as_sentence():
             sources = [page_path(p, request, "The page") or Path() for p in page]
             rtl = (reading or reading_of(sources) or "rtl") != "ltr"
             folder.mkdir(parents=True, exist_ok=True)
             images = ctx.jobs.run("chapter", lambda on_step, cancel: export_chapter(
                 sources, output, rtl=rtl, title=title, fonts=fonts), uses_gpu=False)
-        except StudioError as error:
-            raise fail(error) from error
         return {"file": str(output), "pages": len(images)}
 
     gradio_hints(compose_page, chapter)  # gradio hides the request from the API by its annotation
@@ -276,10 +265,8 @@ def build(ctx, manga: dict[str, Any]) -> dict[str, Any]:
 
     def new(state: dict, request: gr.Request, *values: Any):
         outputs = outputs_of(request)
-        try:
+        with as_sentence():
             spec = PageSpec(name=new_page_name(outputs), **settings_changes(*values))
-        except StudioError as error:
-            raise fail(error) from error
         state["bubble"] = None
         folder = page_folder(outputs, spec.name)
         return (*commit(state, spec, folder, panel=1),
@@ -288,10 +275,8 @@ def build(ctx, manga: dict[str, Any]) -> dict[str, Any]:
     def open_page(state: dict, folder: Optional[str], request: gr.Request):
         if not folder:
             return tuple(gr.skip() for _ in shown) + tuple(gr.skip() for _ in settings_inputs)
-        try:
+        with as_sentence():
             folder = str(page_path(folder, request, "The page", own=True))
-        except StudioError as error:
-            raise fail(error) from error
         state.update(folder=folder, bubble=None)
         spec, where = current(state)
         layouts = {value for _, value in layout_choices()}
@@ -308,10 +293,8 @@ def build(ctx, manga: dict[str, Any]) -> dict[str, Any]:
         if not state.get("folder"):
             return tuple(gr.skip() for _ in shown)
         spec, folder = current(state)
-        try:
+        with as_sentence():
             return commit(state, without_empty_tail(replace(spec, **settings_changes(*values))), folder)
-        except StudioError as error:
-            raise fail(error) from error
 
     def apply_tone(state: dict, mode: str, scope: str, lpi: float, angle: float, threshold: float, panel: int):
         from engines.manga.compose import with_panel
@@ -337,11 +320,9 @@ def build(ctx, manga: dict[str, Any]) -> dict[str, Any]:
         if not picture:
             return (*tuple(gr.skip() for _ in shown), gr.skip())
         spec, folder = current(state)
-        try:
+        with as_sentence():
             picture = ctx.access.path(picture, request, what="The panel's picture")
             name = import_picture(folder, int(panel or 1), Path(str(picture)))
-        except StudioError as error:
-            raise fail(error) from error
         number = int(panel or 1)
         spec = with_panel(spec, number, image=name, focus=(0.5, 0.5))
         return (*commit(state, spec, folder, panel=next_empty(spec, number)), None)
@@ -378,7 +359,7 @@ def build(ctx, manga: dict[str, Any]) -> dict[str, Any]:
         if hit is not None and mode in (CLICK_MODES[0], CLICK_MODES[2]) and hit != bubble:
             return commit(state, spec, folder, bubble=hit, panel=spec.bubbles[hit].panel)  # a click selects it
         where = clicked_panel(composed, x, y)
-        try:
+        with as_sentence():
             if mode == CLICK_MODES[0]:
                 if where is None:
                     raise gr.Error("Click inside a panel to place the bubble.")
@@ -396,20 +377,16 @@ def build(ctx, manga: dict[str, Any]) -> dict[str, Any]:
             fx, fy = point_in_panel(composed, panel, x, y)
             changes = dict(tail_x=fx, tail_y=fy) if mode == CLICK_MODES[1] else dict(x=fx, y=fy)
             return commit(state, edit_bubble(spec, int(bubble), **changes), folder)
-        except StudioError as error:
-            raise fail(error) from error
 
     def edit(state: dict, bubble: Optional[int], text: str, style: str, font_size: float, bold: bool, align: str,
              direction: str, font: Optional[str]):
         if bubble is None or not state.get("folder"):
             return tuple(gr.skip() for _ in shown)
         spec, folder = current(state)
-        try:
+        with as_sentence():
             spec = edit_bubble(spec, int(bubble), text=text or "…", style=style, font_size=float(font_size),
                                bold=bool(bold), align=align, vertical=direction_value(direction), font=font or "")
             return commit(state, spec, folder)
-        except StudioError as error:
-            raise fail(error) from error
 
     def pick_bubble(state: dict, bubble: Optional[int]):
         if bubble is None or not state.get("folder"):
@@ -419,10 +396,8 @@ def build(ctx, manga: dict[str, Any]) -> dict[str, Any]:
 
     def remove(state: dict, bubble: Optional[int]):
         spec, folder = current(state)
-        try:
+        with as_sentence():
             spec = delete_bubble(spec, -1 if bubble is None else int(bubble))
-        except StudioError as error:
-            raise fail(error) from error
         state["bubble"] = None
         return commit(state, spec, folder)
 
@@ -437,7 +412,7 @@ def build(ctx, manga: dict[str, Any]) -> dict[str, Any]:
                        style_prompt=style_prompt or "")
         if numbers and prompt is not None:  # the prompt as typed, even if the box has not lost focus yet
             spec = with_panel(spec, numbers[0], prompt=prompt)
-        try:
+        with as_sentence():
             wanted = panels_to_fill(spec, numbers)
             if not wanted:
                 raise gr.Error("No panel to draw: write a prompt for a panel that has no picture.")
@@ -445,8 +420,6 @@ def build(ctx, manga: dict[str, Any]) -> dict[str, Any]:
             model, reference = check_models(model, reference, prompts, request)
             spec = replace(spec, model=str(model or ""), reference=str(reference or ""))
             panel_requests(spec, job_ctx.settings.paths, wanted)
-        except StudioError as error:
-            raise fail(error) from error
         token = state["cancel"] = CancelToken()
         skip = tuple(gr.skip() for _ in shown)
         yield (_progress(0, 0, "Starting…", "running"), *skip)
@@ -480,11 +453,9 @@ def build(ctx, manga: dict[str, Any]) -> dict[str, Any]:
         from engines.manga.project import export_name
 
         spec, folder = current(state)
-        try:
+        with as_sentence():
             target = export_name(folder, spec, suffix)
             export_page(spec, folder, target, fonts=fonts)
-        except StudioError as error:
-            raise fail(error) from error
         return str(target)
 
     def make_chapter(pages: Optional[list[str]], title: str, reading: str, output_format: str, request: Any) -> str:

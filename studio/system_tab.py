@@ -5,11 +5,10 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
-from engines.errors import StudioError
 from engines.progress import CancelToken
 from studio.progress import GradioProgress
 from studio.queue import GPU_QUEUE
-from studio.widgets import fmt_bytes, gauge, gradio_hints
+from studio.widgets import as_sentence, fmt_bytes, gauge, gradio_hints
 
 TIER_LABEL = {"device": "GPU", "host": "CPU RAM", "unloaded": "unloaded"}
 POOL_HEADERS = ["Model", "Where", "Placement", "Size", "Shared", "On device", "Last used"]
@@ -135,7 +134,7 @@ def build(ctx, header) -> dict[str, Any]:
         return ctx.hardware.telemetry().as_dict()
 
     def act(action, name, request: Any):
-        try:
+        with as_sentence():
             ctx.access.require_owner(request, "unload or move models")
             if action == "all":
                 reports = ctx.hardware.unload_all()
@@ -150,26 +149,20 @@ def build(ctx, header) -> dict[str, Any]:
                 message = (f"Unloaded **{name}**, freed {fmt_bytes(report.freed_bytes)}."
                            if report.released else
                            f"Unloaded **{name}**, but part of it is still referenced by a running tab.")
-        except StudioError as error:
-            raise gr.Error(str(error)) from error
         return (message, *refresh_view(None))
 
     def apply(vram_gb, ram_gb, request: gr.Request):
-        try:
+        with as_sentence():
             ctx.access.require_owner(request, "change the memory budget")
             budget = ctx.hardware.set_limits(vram_gb or None, ram_gb or None)
-        except StudioError as error:
-            raise gr.Error(str(error)) from error
         return (f"Budget applied: {fmt_bytes(budget.models)} for models ({budget.source}).",
                 *refresh_view(None))
 
     def device_check(session, request: gr.Request, progress=gr.Progress()):
         from engines.hardware.speed_check import run_device_check
 
-        try:
+        with as_sentence():
             ctx.access.require_owner(request, "run the device check")
-        except StudioError as error:
-            raise gr.Error(str(error)) from error
         cancel = session["cancel"] = CancelToken()
         bar = GradioProgress(progress)
         for event in ctx.jobs.stream("device check", lambda on_step, c: run_device_check(

@@ -38,7 +38,7 @@ from studio.training_view import (
     sample_steps,
     start_from_flags,
 )
-from studio.widgets import gradio_hints
+from studio.widgets import as_sentence, gradio_hints
 
 WHAT = "train models"  # what a demo link keeps for the owner (Access.require_owner)
 REFRESH_S = 2.0
@@ -57,12 +57,6 @@ LOSS_LABELS = {"line_art": "Line art", "color": "Colour", "anatomy": "Anatomy", 
                "color_harmony": "Colour harmony", "expert_aux": "Experts' auxiliary heads"}
 
 
-def _fail(error: StudioError):
-    import gradio as gr
-
-    return gr.Error(str(error))
-
-
 def build(ctx) -> dict[str, Any]:
     """Lay out the tab inside the current Blocks; returns its components and handlers for tests."""
     import gradio as gr
@@ -77,17 +71,13 @@ def build(ctx) -> dict[str, Any]:
 
     def allowed(request: Any) -> None:
         """Only the owner trains on a demo link (checked here too: a private event can still be called)."""
-        try:
+        with as_sentence():
             access.require_owner(request, WHAT)
-        except StudioError as error:
-            raise _fail(error) from error
 
     def where(value: Any, request: Any, what: str, base: Path) -> Optional[Path]:
         """A folder or file a user named, kept inside the data folder on a shared studio; relative: in ``base``."""
-        try:
+        with as_sentence():
             text = access.path(value, request, what=what, base=base)
-        except StudioError as error:
-            raise _fail(error) from error
         return base / Path(text).expanduser() if text else None
 
     def dataset_dir(value: Any, request: Any) -> Optional[Path]:
@@ -123,7 +113,7 @@ def build(ctx) -> dict[str, Any]:
                              batch_size=batch_size, resume=resume, stage=stage, search=search,
                              max_steps=max_steps, sr_scale=sr_scale)
         except (StudioError, ValueError, TypeError) as error:
-            raise _fail(error if isinstance(error, StudioError) else StudioError(str(error))) from error
+            raise gr.Error(str(error)) from error  # a bad number is a sentence too
         info = runs.judge(run_dir)
         return {"run": info.name, "status": info.state,
                 "message": f"{'Resuming' if resume else 'Started'} {info.name}: it trains in its own process; "
@@ -349,7 +339,7 @@ def build(ctx) -> dict[str, Any]:
             config = config_from_values({**found, "base_config": str(config_file or "")})
             runs.start(ctx.settings, data=data_dir, run_dir=run_dir, config=config)
         except (StudioError, ValueError, TypeError) as error:
-            raise _fail(error if isinstance(error, StudioError) else StudioError(str(error))) from error
+            raise gr.Error(str(error)) from error  # a bad number is a sentence too
         return (f"Started **{run_name}**. It trains in its own process: close the browser or restart the "
                 "studio whenever you like.", gr.update(value=run_name, choices=[run_name]))
 
@@ -359,7 +349,7 @@ def build(ctx) -> dict[str, Any]:
         if run_dir is None:
             raise gr.Error("Choose a run first.")
         info = runs.judge(run_dir)
-        try:
+        with as_sentence():
             if action == "resume":
                 runs.resume(ctx.settings, run_dir)
                 return f"Resuming **{info.name}** from {info.newest_checkpoint or 'the start'}."
@@ -371,8 +361,6 @@ def build(ctx) -> dict[str, Any]:
             if not info.active:
                 return f"**{info.name}** is {info.state}, not running."
             {"stop": runs.stop, "save": runs.save_now, "sample": runs.sample_now}[action](run_dir)
-        except StudioError as error:
-            raise _fail(error) from error
         return {"stop": f"Stopping **{info.name}** after this step, with a checkpoint (forced after a minute).",
                 "save": f"**{info.name}** saves a checkpoint after this step.",
                 "sample": f"**{info.name}** draws its sample prompts after this step."}[action]
@@ -387,10 +375,8 @@ def build(ctx) -> dict[str, Any]:
         # Written where the studio serves files from (the runs folder is private).
         out = paths.outputs / "charts" / f"{run_dir.name}-chart.png"
         out.parent.mkdir(parents=True, exist_ok=True)
-        try:
+        with as_sentence():
             return str(write_chart(run_dir, out))
-        except StudioError as error:
-            raise _fail(error) from error
 
     gradio_hints(refresh, show_sample, start_run, chart)
     live = [runs_table, selected, progress, findings_box, *plot_list, sample_image, sample_slider,

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from html import escape
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
+
+from engines.errors import StudioError
 
 GB = 2**30
 
@@ -106,3 +109,16 @@ def gradio_hints(*handlers: Any) -> None:
         for name, note in list(notes.items()):
             if isinstance(note, str) and note.startswith("gr.") and hasattr(gradio, note[3:].split("[")[0]):
                 notes[name] = getattr(gradio, note[3:])
+
+
+@contextmanager
+def as_sentence() -> Iterator[None]:
+    """A StudioError raised inside reaches the page (and gradio_client) as gradio's error, the same one sentence.
+
+    The studio launches with ``show_error=False``, so any other exception shows a generic message there."""
+    import gradio as gr
+
+    try:
+        yield
+    except StudioError as error:
+        raise gr.Error(str(error)) from error
